@@ -1,0 +1,166 @@
+"""Generate the DistillJob CustomResourceDefinition from the pydantic model.
+
+    python -m distill_api.crd crds/distilljobs.distill.dev.yaml [more/paths.yaml ...]
+
+Pydantic emits JSON Schema (draft 2020-12); Kubernetes wants a *structural* OpenAPI v3 schema:
+no `$ref`, no `anyOf` with null, no `additionalProperties: false`, boolean `exclusiveMinimum`, and
+nested objects defaulted to `{}` so their own defaults apply. `to_structural` does that translation.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill_api.v1alpha1 import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    SINGULAR,
+    VERSION,
+    DistillJobSpec,
+    DistillJobStatus,
+)
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+_DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.totalSteps", "priority": 1},
+    {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
+    {"name": "KL", "type": "number", "jsonPath": ".status.klPerToken"},
+    {"name": "Val", "type": "number", "jsonPath": ".status.valReward", "priority": 1},
+    {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def to_structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Translate one pydantic JSON-Schema node into a Kubernetes structural schema node."""
+    if isinstance(node, list):
+        return [to_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:  # a field's own extras (description, CEL) sit beside its $ref
+        target = defs[node.pop("$ref").split("/")[-1]]
+        node = {**target, **node, **_merge_validations(target, node)}
+    if "anyOf" in node:  # Optional[X] -> X: absent means unset, we never send null
+        variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"cannot express union {variants} in a structural schema")
+        inner = to_structural(variants[0], defs)
+        node = {**inner, **node, **_merge_validations(inner, node)}
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if isinstance(node.get("exclusiveMinimum"), int | float):
+        node["minimum"], node["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if isinstance(node.get("exclusiveMaximum"), int | float):
+        node["maximum"], node["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if node.get("default", ...) is None:
+        del node["default"]
+    out = {k: to_structural(v, defs) for k, v in node.items() if k not in _DROPPED_KEYS}
+    if "properties" in node:
+        out["properties"] = {k: to_structural(v, defs) for k, v in node["properties"].items()}
+    return out
+
+
+def _merge_validations(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    rules = a.get("x-kubernetes-validations", []) + b.get("x-kubernetes-validations", [])
+    return {"x-kubernetes-validations": rules} if rules else {}
+
+
+def _default_nested_objects(schema: dict[str, Any], model: type) -> None:
+    """Give `default: {}` to sub-objects built by default_factory, so their defaults apply."""
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        if field.default_factory is not None and alias in schema.get("properties", {}):
+            prop = schema["properties"][alias]
+            if prop.get("type") == "object":
+                prop.setdefault("default", {})
+                sub_model = field.annotation
+                if isinstance(sub_model, type) and hasattr(sub_model, "model_fields"):
+                    _default_nested_objects(prop, sub_model)
+
+
+def model_schema(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema = to_structural(raw, raw.get("$defs", {}))
+    _default_nested_objects(schema, model)
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    """The DistillJob CRD manifest (apiextensions.k8s.io/v1)."""
+    spec_schema = model_schema(DistillJobSpec)
+    status_schema = model_schema(DistillJobStatus)
+    root = {
+        "type": "object",
+        "description": "An on-policy distillation run: RL on math with a teacher KL penalty.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/part-of": "distill-operator"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": [SHORT_NAME],
+                "categories": ["all", "distill"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render_crd() -> str:
+    header = (
+        f"# Generated from distill_api ({API_VERSION}) by `make crds`; do not edit by hand.\n"
+    )
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = (argv if argv is not None else sys.argv[1:]) or [f"crds/{CRD_NAME}.yaml"]
+    text = render_crd()
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

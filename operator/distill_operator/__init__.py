@@ -1,0 +1,1 @@
+"""distill_operator: the kopf operator that turns DistillJobs into KubeRay RayJobs."""
