@@ -16,6 +16,7 @@ from distill_api.v1alpha1 import (
     DistillJobStatus,
     JobPhase,
     KlEstimator,
+    format_validation_error,
     load_job,
     load_job_file,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "DistillJobStatus",
     "JobPhase",
     "KlEstimator",
+    "format_validation_error",
     "load_job",
     "load_job_file",
 ]

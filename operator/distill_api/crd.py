@@ -146,9 +146,7 @@ def build_crd() -> dict[str, Any]:
 
 
 def render_crd() -> str:
-    header = (
-        f"# Generated from distill_api ({API_VERSION}) by `make crds`; do not edit by hand.\n"
-    )
+    header = f"# Generated from distill_api ({API_VERSION}) by `make crds`; do not edit by hand.\n"
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "distill.dev"
@@ -41,6 +41,14 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, st
 def _immutable(what: str) -> dict[str, Any]:
     """Schema extra for a field that must not change after the job is created."""
     return {"x-kubernetes-validations": [_cel("self == oldSelf", f"{what} is immutable")]}
+
+
+class FieldError(ValueError):
+    """A cross-field rule broken at `field` (a camelCase path relative to the validated model)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ApiModel(BaseModel):
@@ -119,9 +127,10 @@ class Algorithm(ApiModel):
     @model_validator(mode="after")
     def _group_needs_two(self) -> Algorithm:
         if self.adv_estimator != AdvEstimator.GAE and self.rollout_n < 2:
-            raise ValueError(
-                f"rolloutN must be at least 2 for {self.adv_estimator.value} "
-                "(a group of one has no baseline)"
+            raise FieldError(
+                "rolloutN",
+                f"must be at least 2 for {self.adv_estimator.value} "
+                "(a group of one has no baseline)",
             )
         return self
 
@@ -192,7 +201,7 @@ class Resources(ApiModel):
 
 
 class Checkpoint(ApiModel):
-    uri: str = Field(min_length=1, description="Where checkpoints go: s3://bucket/prefix or a path.")
+    uri: str = Field(min_length=1, description="Checkpoint location: s3://bucket/prefix or a path.")
     secret_ref: str | None = Field(
         None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
@@ -266,12 +275,13 @@ class DistillJobSpec(ApiModel):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> DistillJobSpec:
         if self.algorithm.adv_estimator == AdvEstimator.GAE and self.resources.critic is None:
-            raise ValueError("resources.critic is required when algorithm.advEstimator is gae")
+            raise FieldError("resources.critic", "required when algorithm.advEstimator is gae")
         samples = self.training.batch_size * self.algorithm.rollout_n
         if samples % self.training.ppo_mini_batch_size:
-            raise ValueError(
-                f"training.ppoMiniBatchSize ({self.training.ppo_mini_batch_size}) must divide "
-                f"training.batchSize × algorithm.rolloutN ({samples})"
+            raise FieldError(
+                "training.ppoMiniBatchSize",
+                f"{self.training.ppo_mini_batch_size} does not divide "
+                f"training.batchSize × algorithm.rolloutN = {samples}",
             )
         return self
 
@@ -329,6 +339,20 @@ class DistillJob(ApiModel):
     metadata: ObjectMeta
     spec: DistillJobSpec
     status: DistillJobStatus | None = None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each starting with the field path as written in YAML."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = [str(part) for part in item["loc"]]
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            loc.append(cause.field)
+        path = ".".join(loc) or "(document)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "\n".join(lines)
 
 
 def load_job(document: dict[str, Any]) -> DistillJob:
