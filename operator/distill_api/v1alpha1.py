@@ -137,14 +137,15 @@ class Algorithm(ApiModel):
 
 class Training(ApiModel):
     batch_size: int = Field(64, ge=1, description="Prompts per training step.")
-    num_epochs: int = Field(1, ge=1, description="Passes over the training set.")
+    num_epochs: int = Field(10, ge=1, description="Passes over the training set.")
     total_steps: int | None = Field(
         None, ge=1, description="Stop after this many steps (default: numEpochs over the data)."
     )
     ppo_mini_batch_size: int = Field(
         16,
         ge=1,
-        description="Responses per PPO mini-batch; must divide batchSize × rolloutN.",
+        description="Prompts per PPO mini-batch (as in the seed/verl: each mini-batch holds "
+        "ppoMiniBatchSize × rolloutN responses); must divide batchSize.",
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
     learning_rate: float = Field(1e-6, gt=0, description="Actor (student) learning rate.")
@@ -160,8 +161,10 @@ class Training(ApiModel):
 class Rollout(ApiModel):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    max_prompt_length: int = Field(1024, ge=1, description="Prompts longer than this are dropped.")
-    max_response_length: int = Field(2048, ge=1, description="Tokens generated per response.")
+    max_prompt_length: int = Field(
+        4096, ge=1, description="Prompt tokens; longer prompts are skipped and counted."
+    )
+    max_response_length: int = Field(4098, ge=1, description="Most tokens generated per response.")
 
 
 class Data(ApiModel):
@@ -187,7 +190,22 @@ class WorkerGroup(ApiModel):
 
 
 class RolloutGroup(WorkerGroup):
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree.")
+    """vLLM engines: each pod runs gpusPerReplica / tensorParallelSize engines."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.gpusPerReplica % self.tensorParallelSize == 0",
+                    "gpusPerReplica must be a multiple of tensorParallelSize",
+                    ".gpusPerReplica",
+                )
+            ]
+        }
+    )
+
+    gpus_per_replica: int = Field(2, ge=1, description="nvidia.com/gpu per pod.")
+    tensor_parallel_size: int = Field(2, ge=1, description="vLLM tensor parallel degree.")
     gpu_memory_utilization: float = Field(
         0.6, gt=0, le=1, description="Fraction of GPU memory vLLM may take."
     )
@@ -217,8 +235,9 @@ _SPEC_RULES = [
         ".resources",
     ),
     _cel(
-        "(self.training.batchSize * self.algorithm.rolloutN) % self.training.ppoMiniBatchSize == 0",
-        "training.ppoMiniBatchSize must divide training.batchSize × algorithm.rolloutN",
+        "self.training.batchSize % self.training.ppoMiniBatchSize == 0",
+        "training.ppoMiniBatchSize must divide training.batchSize (mini-batches of "
+        "ppoMiniBatchSize × rolloutN responses)",
         ".training.ppoMiniBatchSize",
     ),
     _cel(
@@ -274,14 +293,21 @@ class DistillJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> DistillJobSpec:
+        rollout = self.resources.rollout
+        if rollout.gpus_per_replica % rollout.tensor_parallel_size:
+            raise FieldError(
+                "resources.rollout.gpusPerReplica",
+                f"{rollout.gpus_per_replica} is not a multiple of tensorParallelSize "
+                f"{rollout.tensor_parallel_size}",
+            )
         if self.algorithm.adv_estimator == AdvEstimator.GAE and self.resources.critic is None:
             raise FieldError("resources.critic", "required when algorithm.advEstimator is gae")
-        samples = self.training.batch_size * self.algorithm.rollout_n
-        if samples % self.training.ppo_mini_batch_size:
+        if self.training.batch_size % self.training.ppo_mini_batch_size:
             raise FieldError(
                 "training.ppoMiniBatchSize",
-                f"{self.training.ppo_mini_batch_size} does not divide "
-                f"training.batchSize × algorithm.rolloutN = {samples}",
+                f"{self.training.ppo_mini_batch_size} does not divide training.batchSize "
+                f"{self.training.batch_size} (so it cannot divide batchSize × rolloutN responses "
+                "into whole mini-batches)",
             )
         return self
 

@@ -122,22 +122,22 @@ def evaluate(rule: str, self_value: Any, old_value: Any = None) -> bool:
     return bool(program.evaluate(activation))
 
 
-def failing_messages(spec: dict[str, Any], old_spec: dict[str, Any] | None = None) -> list[str]:
-    """Messages of every CEL rule on spec and its direct children that rejects `spec`."""
-    schema = crd_schema()["properties"]["spec"]
-    checks = [(schema, spec, old_spec)]
-    for key, child in schema["properties"].items():
-        if key in spec:
-            old_child = old_spec.get(key) if old_spec is not None else None
-            checks.append((child, spec[key], old_child))
+def failing_messages(
+    value: Any, old: Any = None, schema: dict[str, Any] | None = None
+) -> list[str]:
+    """Messages of every CEL rule, at any depth of the spec schema, that rejects `value`."""
+    schema = schema if schema is not None else crd_schema()["properties"]["spec"]
     failed = []
-    for node, value, old in checks:
-        for rule in cel_rules(node):
-            transition = "oldSelf" in rule["rule"]
-            if transition and old is None:
-                continue  # transition rules only run on updates where the old value exists
-            if not evaluate(rule["rule"], value, old if transition else None):
-                failed.append(rule["message"])
+    for rule in cel_rules(schema):
+        transition = "oldSelf" in rule["rule"]
+        if transition and old is None:
+            continue  # transition rules only run on updates where the old value exists
+        if not evaluate(rule["rule"], value, old if transition else None):
+            failed.append(rule["message"])
+    for key, child in schema.get("properties", {}).items():
+        if isinstance(value, dict) and key in value:
+            old_child = old.get(key) if isinstance(old, dict) else None
+            failed += failing_messages(value[key], old_child, child)
     return failed
 
 
@@ -157,6 +157,10 @@ def test_cel_accepts_the_examples() -> None:
         (lambda s: s["algorithm"].update(rolloutN=1), "rolloutN must be at least 2"),
         (lambda s: s["algorithm"].update(advEstimator="gae"), "needs a critic worker group"),
         (lambda s: s["training"].update(ppoMiniBatchSize=7), "ppoMiniBatchSize must divide"),
+        (
+            lambda s: s["resources"]["rollout"].update(gpusPerReplica=3),
+            "gpusPerReplica must be a multiple of tensorParallelSize",
+        ),
     ],
 )
 def test_cel_rejects_what_pydantic_rejects(mutate, message: str) -> None:

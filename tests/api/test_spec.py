@@ -40,6 +40,7 @@ SEED_DEFAULTS = {
     },
     "training": {
         "batchSize": 64,
+        "numEpochs": 10,
         "ppoMiniBatchSize": 16,
         "ppoEpochs": 1,
         "learningRate": 1e-6,
@@ -50,8 +51,13 @@ SEED_DEFAULTS = {
         "saveFreq": 100,
         "testFreq": 5,
     },
-    "rollout": {"temperature": 0.7},
-    "resources": {"rollout": {"tensorParallelSize": 1, "gpuMemoryUtilization": 0.6}},
+    "rollout": {
+        "temperature": 0.7,
+        "topP": 1.0,
+        "maxPromptLength": 4096,
+        "maxResponseLength": 4098,
+    },
+    "resources": {"rollout": {"tensorParallelSize": 2, "gpuMemoryUtilization": 0.6}},
 }
 
 
@@ -139,6 +145,11 @@ def test_snake_and_camel_case_both_accepted_in_python() -> None:
         ({"algorithm": {"advEstimator": "gae"}}, "spec.resources.critic", "required"),
         ({"training": {"ppoMiniBatchSize": 7}}, "spec.training.ppoMiniBatchSize", "divide"),
         ({"training": {"batchSize": 0}}, "spec.training.batchSize", "greater than"),
+        (
+            {"resources": {"rollout": {"gpusPerReplica": 3}}},
+            "spec.resources.rollout.gpusPerReplica",
+            "multiple of tensorParallelSize",
+        ),
         ({"rollout": {"topP": 1.5}}, "spec.rollout.topP", "less than"),
         ({"resources": {"actor": {"memory": "lots"}}}, "spec.resources.actor.memory", "pattern"),
         ({"grader": {"replicas": 0}}, "spec.grader.replicas", "greater than"),
