@@ -174,6 +174,8 @@ class Data(ApiModel):
 
 class Grader(ApiModel):
     replicas: int = Field(2, ge=1, description="math-grader Deployment replicas.")
+    cpu: Quantity = Field("2", description="CPU request and limit per grader pod (= workers).")
+    memory: Quantity = Field("2Gi", description="Memory request and limit per grader pod.")
     timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Per-item grading deadline; slower items score 0."
     )
@@ -182,11 +184,21 @@ class Grader(ApiModel):
     )
 
 
-class WorkerGroup(ApiModel):
-    replicas: int = Field(1, ge=1, description="Ray worker pods in this group.")
-    gpus_per_replica: int = Field(1, ge=0, description="nvidia.com/gpu per pod.")
+class PodResources(ApiModel):
     cpu: Quantity = Field("8", description="CPU request and limit per pod.")
     memory: Quantity = Field("64Gi", description="Memory request and limit per pod.")
+
+
+class HeadResources(PodResources):
+    """The Ray head pod: runs the trainer driver, no GPU."""
+
+    cpu: Quantity = Field("2", description="CPU request and limit.")
+    memory: Quantity = Field("8Gi", description="Memory request and limit.")
+
+
+class WorkerGroup(PodResources):
+    replicas: int = Field(1, ge=1, description="Ray worker pods in this group.")
+    gpus_per_replica: int = Field(1, ge=0, description="nvidia.com/gpu per pod.")
 
 
 class RolloutGroup(WorkerGroup):
@@ -212,6 +224,7 @@ class RolloutGroup(WorkerGroup):
 
 
 class Resources(ApiModel):
+    head: HeadResources = Field(default_factory=HeadResources)
     rollout: RolloutGroup = Field(default_factory=RolloutGroup)
     actor: WorkerGroup = Field(default_factory=WorkerGroup)
     teacher: WorkerGroup = Field(default_factory=WorkerGroup)

@@ -1,0 +1,35 @@
+"""Pure manifest builders: DistillJob in, Kubernetes object dicts out (no API calls, no clock).
+
+`build_children(job)` lists everything one DistillJob owns, in creation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_api import DistillJob
+from distill_operator.builders.configmap import build_spec_configmap
+from distill_operator.builders.grader import build_grader_deployment, build_grader_service
+from distill_operator.builders.rayjob import build_rayjob
+from distill_operator.builders.trainer_service import build_trainer_service
+
+
+def build_children(job: DistillJob) -> list[dict[str, Any]]:
+    """ConfigMap first (the RayJob mounts it), then the grader, then the trainer Service, RayJob."""
+    return [
+        build_spec_configmap(job),
+        build_grader_deployment(job),
+        build_grader_service(job),
+        build_trainer_service(job),
+        build_rayjob(job),
+    ]
+
+
+__all__ = [
+    "build_children",
+    "build_grader_deployment",
+    "build_grader_service",
+    "build_rayjob",
+    "build_spec_configmap",
+    "build_trainer_service",
+]

@@ -1,0 +1,281 @@
+"""kopf handlers: thin glue between watch events, the pure builders/status code and the API.
+
+`register(registry, config)` wires them (the progress timer's interval is a CLI option, so the
+handlers are registered at start-up rather than by import-time decorators):
+
+- distilljob_create / distilljob_resume: create (or re-patch) the owned objects;
+- distilljob_update: a changed spec (suspend, grader, ttl) reaches the owned objects;
+- rayjob_status_changed: every event of an owned RayJob -> DistillJob phase and conditions;
+- distilljob_progress: timer, while Running, scraping the trainer's metrics into the status;
+- distilljob_event: keeps the `distill_operator_jobs{phase}` gauge current.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from distill_api import (
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    DistillJob,
+    DistillJobStatus,
+    JobPhase,
+    format_validation_error,
+    load_job,
+)
+from distill_operator import progress
+from distill_operator.apply import Kube, OwnedByAnother
+from distill_operator.builders import build_children
+from distill_operator.builders.labels import JOB_LABEL
+from distill_operator.builders.names import grader_name, rayjob_name
+from distill_operator.metrics import SCRAPE_ERRORS, PhaseTracker, instrumented
+from distill_operator.status import (
+    FINISHED_PHASES,
+    SPEC_VALID,
+    PhaseReport,
+    changed_fields,
+    phase_of,
+    phase_status,
+    set_condition,
+)
+
+RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    """Options from the command line that the handlers read."""
+
+    progress_url_template: str = progress.DEFAULT_URL_TEMPLATE
+    progress_interval: float = 30.0
+    progress_timeout: float = 5.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def read_job(body: Mapping[str, Any], patch: kopf.Patch) -> DistillJob:
+    """Validate the body with the API model; a bad spec fails permanently, naming the field.
+
+    Normally the API server's schema and CEL rules stop bad specs; this catches the ones that
+    slip past (an older CRD, a disabled validation) with a Warning event and a status condition.
+    """
+    document = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
+    try:
+        job = load_job(document)
+    except ValidationError as error:
+        message = format_validation_error(error)
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        conditions = set_condition(
+            (body.get("status") or {}).get("conditions") or [],
+            SPEC_VALID,
+            False,
+            "InvalidSpec",
+            message,
+            _now(),
+            body["metadata"].get("generation"),
+        )
+        patch.status.update(phase=JobPhase.FAILED.value, conditions=conditions)
+        raise kopf.PermanentError(f"invalid DistillJob: {message}") from error
+    phase = (body.get("status") or {}).get("phase")
+    if phase in {p.value for p in JobPhase}:
+        job.status = DistillJobStatus(phase=JobPhase(phase))
+    return job
+
+
+def _ensure_children(job: DistillJob, kube: Kube, logger: kopf.Logger) -> None:
+    """Create every owned object, or bring it back to the built manifest.
+
+    An existing RayJob only gets its mutable fields patched: KubeRay owns the running cluster
+    and rejects most changes to it.
+    """
+    owner_uid = (job.metadata.model_extra or {})["uid"]
+    for obj in build_children(job):
+        update = None
+        if obj["kind"] == "RayJob":
+            update = {"spec": {"suspend": job.spec.suspend, **_rayjob_mutable(job)}}
+        try:
+            outcome = kube.ensure(obj, owner_uid, update)
+        except OwnedByAnother as error:
+            # A namesake from a deleted DistillJob that the garbage collector has not removed yet.
+            raise kopf.TemporaryError(str(error), delay=5) from error
+        name = obj["metadata"]["name"]
+        logger.info("%s %s/%s %s", obj["kind"], job.metadata.namespace, name, outcome)
+
+
+def _rayjob_mutable(job: DistillJob) -> dict[str, Any]:
+    return {"ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished}
+
+
+def _clear_invalid_spec(body: Mapping[str, Any], kube: Kube) -> None:
+    """A spec fixed after an InvalidSpec: set SpecValid back to True.
+
+    Phase and phase conditions are written only by `rayjob_status_changed` (a merge patch
+    replaces the whole conditions list, so two writers would undo each other's changes). This
+    is the one exception, written before the owned objects are ensured, so before any RayJob
+    event of the fixed job can reach the watcher.
+    """
+    conditions = (body.get("status") or {}).get("conditions") or []
+    if any(c.get("type") == SPEC_VALID and c.get("status") == "False" for c in conditions):
+        generation = body["metadata"].get("generation")
+        valid = set_condition(conditions, SPEC_VALID, True, "Validated", "", _now(), generation)
+        meta = body["metadata"]
+        kube.patch_distilljob_status(meta["namespace"], meta["name"], {"conditions": valid})
+
+
+@instrumented("distilljob_create")
+def distilljob_create(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    job = read_job(body, patch)
+    _clear_invalid_spec(body, memo.kube)
+    _ensure_children(job, memo.kube, logger)
+    patch.status.update(
+        observedGeneration=body["metadata"]["generation"], rayJobName=rayjob_name(job.metadata.name)
+    )
+    kopf.info(
+        body,
+        reason="Created",
+        message=f"RayJob {rayjob_name(job.metadata.name)}, "
+        f"grader {grader_name(job.metadata.name)} and trainer metrics Service",
+    )
+
+
+@instrumented("distilljob_resume")
+def distilljob_resume(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """After an operator restart: recreate whatever was deleted meanwhile; status is kept."""
+    job = read_job(body, patch)
+    _ensure_children(job, memo.kube, logger)
+
+
+@instrumented("distilljob_update")
+def distilljob_update(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    job = read_job(body, patch)
+    _clear_invalid_spec(body, memo.kube)
+    _ensure_children(job, memo.kube, logger)
+    patch.status.update(observedGeneration=body["metadata"]["generation"])
+
+
+def _owner_of(rayjob: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The controlling DistillJob reference (uid-checked later; a label alone could be forged)."""
+    for ref in rayjob.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return ref
+    return None
+
+
+def _announce(distilljob: Mapping[str, Any], report: PhaseReport) -> None:
+    message = report.message or f"DistillJob is {report.phase.value}"
+    if report.phase == JobPhase.FAILED:
+        kopf.warn(distilljob, reason=report.reason, message=message)
+    else:
+        kopf.info(distilljob, reason=report.phase.value, message=message)
+
+
+@instrumented("rayjob_status_changed")
+def rayjob_status_changed(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    owner = _owner_of(body)
+    if owner is None or type == "DELETED":
+        return
+    namespace = body["metadata"]["namespace"]
+    distilljob = memo.kube.get_distilljob(namespace, owner["name"])
+    if distilljob is None or distilljob["metadata"]["uid"] != owner.get("uid"):
+        return  # the owner is gone (or was recreated): garbage collection handles this RayJob
+    previous = distilljob.get("status") or {}
+    report = phase_of(body)
+    generation = distilljob["metadata"].get("generation")
+    delta = changed_fields(phase_status(report, previous, _now(), generation), previous)
+    if not delta:
+        return
+    memo.kube.patch_distilljob_status(namespace, owner["name"], delta)
+    if previous.get("phase") == report.phase.value:
+        return
+    logger.info(
+        "DistillJob %s/%s is %s (%s)", namespace, owner["name"], report.phase.value, report.reason
+    )
+    _announce(distilljob, report)
+    if report.phase in FINISHED_PHASES:
+        # A finished job needs no grader (builders.grader_replicas agrees); keep it for its logs.
+        grader = grader_name(owner["name"])
+        memo.kube.patch("apps/v1", "Deployment", namespace, grader, {"spec": {"replicas": 0}})
+
+
+@instrumented("distilljob_progress")
+def distilljob_progress(
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    config: OperatorConfig = memo.config
+    url = progress.progress_url(config.progress_url_template, name, namespace)
+    try:
+        text = progress.scrape(url, config.progress_timeout)
+        gauges = progress.trainer_gauges(text, name)
+    except progress.ScrapeError as error:
+        SCRAPE_ERRORS.inc()
+        logger.warning("Cannot read the trainer's metrics: %s", error)
+        return
+    fields = progress.progress_status(gauges, read_job(body, patch))
+    delta = changed_fields(fields, status)
+    if delta:
+        patch.status.update(delta)
+
+
+def distilljob_event(
+    type: str | None, uid: str, status: kopf.Status, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.phases.observe(uid, status.get("phase"), deleted=type == "DELETED")
+
+
+def _is_running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == JobPhase.RUNNING.value
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Attach every handler to `registry`."""
+    resource = (GROUP, VERSION, PLURAL)
+    on = {"registry": registry}
+    kopf.on.create(*resource, id="distilljob_create", **on)(distilljob_create)
+    kopf.on.resume(*resource, id="distilljob_resume", **on)(distilljob_resume)
+    kopf.on.update(*resource, id="distilljob_update", field="spec", **on)(distilljob_update)
+    kopf.on.event(*resource, id="distilljob_event", **on)(distilljob_event)
+    kopf.timer(
+        *resource,
+        id="distilljob_progress",
+        interval=config.progress_interval,
+        when=_is_running,
+        **on,
+    )(distilljob_progress)
+    kopf.on.event(
+        RAY_GROUP,
+        RAY_VERSION,
+        RAY_PLURAL,
+        id="rayjob_status_changed",
+        labels={JOB_LABEL: kopf.PRESENT},
+        **on,
+    )(rayjob_status_changed)
+
+
+def new_memo(kube: Kube, config: OperatorConfig) -> kopf.Memo:
+    """The state every handler reads: API client, options, the phase gauge's bookkeeping."""
+    return kopf.Memo(kube=kube, config=config, phases=PhaseTracker())

@@ -1,0 +1,275 @@
+"""Fixtures for the operator tests: DistillJob bodies as the API server hands them to kopf, and
+validators for what the builders emit.
+
+`pytest tests/operator --update-golden` rewrites tests/operator/golden/*.yaml from the builders
+(review the diff by hand before committing it).
+
+A plain JSON-schema validator accepts unknown keys (the CRD schemas do not set
+additionalProperties: false), so `unknown_fields` walks an object against the schema the way the
+API server prunes, and reports every key that would be silently dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "examples"
+FIXED_UID = "0b7a3c1e-5d2f-4e8a-9c61-2f0d8e4b7a15"
+KUBERNETES_VERSION = "1.33"
+
+Body = dict[str, Any]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/operator/golden/*.yaml from the builders instead of comparing",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+def _example_body(file: str, namespace: str = "research", **overrides: Any) -> Body:
+    """An example with the metadata the API server adds; `a__b=v` overrides body["a"]["b"]."""
+    body = yaml.safe_load((EXAMPLES / file).read_text())
+    body["metadata"].update(namespace=namespace, uid=FIXED_UID, generation=1)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = body
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = copy.deepcopy(value)
+    return body
+
+
+@pytest.fixture
+def example_body() -> Callable[..., Body]:
+    return _example_body
+
+
+@cache
+def _crd_schema(path: Path, version: str) -> dict[str, Any]:
+    crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)  # 1.4 MB: the C loader is 10x faster
+    served = {v["name"]: v for v in crd["spec"]["versions"]}
+    return served[version]["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(obj, dict):
+        properties = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in obj.items():
+            if properties is not None and key in properties:
+                found += unknown_fields(value, properties[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += unknown_fields(value, extra, f"{path}.{key}")
+            elif properties is not None or extra is False:
+                found.append(f"{path}.{key}")
+    elif isinstance(obj, list) and "items" in schema:
+        for index, item in enumerate(obj):
+            found += unknown_fields(item, schema["items"], f"{path}[{index}]")
+    return found
+
+
+@pytest.fixture
+def validate_rayjob(shared_schemas: Path) -> Callable[[Body], None]:
+    """Raise if a RayJob breaks KubeRay's v1 schema or has fields KubeRay would prune."""
+    schema = _crd_schema(shared_schemas / "ray.io_rayjobs.yaml", "v1")
+
+    def validate(rayjob: Body) -> None:
+        jsonschema.Draft4Validator(schema).validate(rayjob)
+        dropped = unknown_fields(rayjob["spec"], schema["properties"]["spec"], "spec")
+        assert not dropped, f"fields not in KubeRay's RayJob schema: {dropped}"
+
+    return validate
+
+
+@pytest.fixture
+def validate_builtin() -> Callable[[Body], None]:
+    """Strict validation (unknown fields are errors) against Kubernetes' OpenAPI schema."""
+    return lambda obj: kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+# -- the real operator process against FakeKube ---------------------------------------------------
+
+TRAINER_GAUGES = (
+    "training_step",
+    "training_total_steps",
+    "training_epoch",
+    "training_step_reward",
+    "val_reward",
+    "distill_kl_per_token",
+    "distill_kl_coef",
+    "training_last_checkpoint_step",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TrainerMetrics:
+    """A real prometheus_client exporter standing in for the trainers of several jobs.
+
+    Served at /<job>/metrics; a job whose gauges were never set answers 503, like a trainer that
+    is not up yet.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.gauges = {
+            name: Gauge(name, name, ["distilljob"], registry=self.registry)
+            for name in TRAINER_GAUGES
+        }
+        self.timing = Gauge("timing_seconds", "t", ["distilljob", "phase"], registry=self.registry)
+        self.jobs: set[str] = set()
+        exporter = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            job = environ["PATH_INFO"].strip("/").split("/")[0]
+            if job not in self.jobs:
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"trainer not started"]
+            return exporter(environ, start_response)
+
+        self.server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url_template = f"http://127.0.0.1:{self.server.server_port}/{{name}}/metrics"
+
+    def set(self, job: str, **values: float) -> None:
+        for name, value in values.items():
+            self.gauges[name].labels(job).set(value)
+        self.timing.labels(job, "step").set(1.5)
+        self.jobs.add(job)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class OperatorProcess:
+    """`python -m distill_operator` as a child process, with its ports and log file."""
+
+    process: subprocess.Popen[bytes]
+    liveness_port: int
+    metrics_port: int
+    log_path: Path
+
+    def get(self, port: int, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+        except OSError:  # not listening yet
+            return 0, ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics (0.0 when absent)."""
+        _, text = self.get(self.metrics_port, "/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return sample.value
+        return 0.0
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_operator(kubeconfig: str, log_dir: Path, *extra: str) -> OperatorProcess:
+    """Start the operator and wait (deadline 60 s) until its liveness probe answers.
+
+    Standalone unless `extra` asks for --peering.
+    """
+    liveness, metrics = free_port(), free_port()
+    log_path = log_dir / f"operator-{liveness}.log"
+    peering = [] if "--peering" in extra else ["--standalone"]
+    ports = ["--liveness-port", str(liveness), "--metrics-port", str(metrics)]
+    command = [sys.executable, "-m", "distill_operator", *peering, *ports, *extra]
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    operator = OperatorProcess(process, liveness, metrics, log_path)
+    deadline = time.monotonic() + 60
+    while operator.get(liveness, "/healthz")[0] != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            operator.stop()
+            raise RuntimeError(f"operator did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.1)
+    return operator
+
+
+@pytest.fixture(scope="module")
+def trainer_metrics() -> Iterator[TrainerMetrics]:
+    trainers = TrainerMetrics()
+    yield trainers
+    trainers.server.shutdown()
+
+
+def _operator_starter(log_dir: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    started: list[OperatorProcess] = []
+
+    def start(kubeconfig: str, *extra: str) -> OperatorProcess:
+        started.append(start_operator(kubeconfig, log_dir, *extra))
+        return started[-1]
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+@pytest.fixture
+def operator_factory(tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    """start(kubeconfig, *args) -> a running operator, stopped when the test ends."""
+    yield from _operator_starter(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_operator_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """The same, for an operator shared by a module's tests."""
+    yield from _operator_starter(tmp_path_factory.mktemp("operator-logs"))

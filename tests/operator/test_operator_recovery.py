@@ -1,0 +1,196 @@
+"""The operator when things go wrong: a bad spec that slipped past the API server, a restart
+that finds owned objects deleted, and a name already taken by an object that is not ours.
+
+The bad spec needs an API server that does not validate: this module serves a copy of the
+DistillJob CRD whose spec schema accepts anything (as an outdated CRD would).
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+from fakekube import FakeKube
+
+NS = "default"
+DJ = ("distill.dev", "v1alpha1", "distilljobs")
+
+
+def permissive_crd(repo_root: Path) -> dict[str, Any]:
+    crd = yaml.safe_load((repo_root / "crds" / "distilljobs.distill.dev.yaml").read_text())
+    crd = copy.deepcopy(crd)
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return crd
+
+
+@pytest.fixture(scope="module")
+def kube(repo_root: Path, shared_schemas: Path) -> Iterator[FakeKube]:
+    crds = [permissive_crd(repo_root), shared_schemas / "ray.io_rayjobs.yaml"]
+    with FakeKube(crds=crds) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def custom(kube: FakeKube) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(kube.api_client())
+
+
+def create_job(custom, example_body, name: str, **overrides: Any) -> None:
+    body = example_body("math-distill.yaml", NS, metadata__name=name, **overrides)
+    del body["metadata"]["uid"], body["metadata"]["generation"]
+    custom.create_namespaced_custom_object(*DJ[:2], NS, DJ[2], body)
+
+
+def status_of(kube: FakeKube, name: str) -> dict[str, Any]:
+    return (kube.get(*DJ, NS, name) or {}).get("status") or {}
+
+
+def spec_valid(kube: FakeKube, name: str) -> dict[str, Any]:
+    conditions = status_of(kube, name).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "SpecValid"), {})
+
+
+def test_invalid_spec_fails_permanently_naming_the_field(
+    kube, custom, example_body, operator_factory
+) -> None:
+    operator = operator_factory(kube.kubeconfig)
+    create_job(custom, example_body, "typo", spec__grader={"replica": 3})
+    condition = kube.wait_for(
+        lambda: spec_valid(kube, "typo").get("status") == "False" and spec_valid(kube, "typo")
+    )
+    assert condition["reason"] == "InvalidSpec"
+    assert condition["message"].startswith("spec.grader.replica: Extra inputs are not permitted")
+    assert status_of(kube, "typo")["phase"] == "Failed"
+    event = kube.wait_for(
+        lambda: next(
+            (e for e in kube.list("", "v1", "events", NS) if e["reason"] == "InvalidSpec"), None
+        )
+    )
+    assert event["type"] == "Warning" and "spec.grader.replica" in event["message"]
+    assert event["involvedObject"]["name"] == "typo"
+    # Permanent: kopf ends the handling cycle (writes the handled spec) instead of retrying.
+    kube.wait_for(
+        lambda: (
+            "distill.dev/last-handled-configuration"
+            in kube.get(*DJ, NS, "typo")["metadata"].get("annotations", {})
+        )
+    )
+    assert kube.list("ray.io", "v1", "rayjobs", NS) == []
+    assert kube.get("", "v1", "configmaps", NS, "typo-spec") is None
+    assert (
+        operator.metric(
+            "distill_operator_reconcile_total", handler="distilljob_create", outcome="error"
+        )
+        == 1
+    )
+
+    # Fixing the spec creates the job's objects and clears the condition.
+    custom.patch_namespaced_custom_object(
+        *DJ[:2], NS, DJ[2], "typo", {"spec": {"grader": {"replica": None, "replicas": 3}}}
+    )
+    kube.wait_for(lambda: kube.get("ray.io", "v1", "rayjobs", NS, "typo"))
+    kube.wait_for(lambda: spec_valid(kube, "typo").get("status") == "True")
+    kube.wait_for(lambda: status_of(kube, "typo").get("phase") == "Pending")
+
+
+@pytest.mark.slow
+def test_restart_recreates_deleted_objects_and_keeps_status(
+    kube, custom, example_body, operator_factory
+) -> None:
+    first = operator_factory(kube.kubeconfig)
+    create_job(custom, example_body, "survivor")
+    kube.wait_for(lambda: kube.get("ray.io", "v1", "rayjobs", NS, "survivor"))
+    custom.patch_namespaced_custom_object_status(
+        "ray.io",
+        "v1",
+        NS,
+        "rayjobs",
+        "survivor",
+        {"status": {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}},
+    )
+    kube.wait_for(lambda: status_of(kube, "survivor").get("phase") == "Running")
+    first.stop()
+
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    core.delete_namespaced_service("survivor-grader", NS)
+    core.delete_namespaced_config_map("survivor-spec", NS)
+    before = status_of(kube, "survivor")
+    operator_factory(kube.kubeconfig)
+    kube.wait_for(lambda: kube.get("", "v1", "services", NS, "survivor-grader"))
+    kube.wait_for(lambda: kube.get("", "v1", "configmaps", NS, "survivor-spec"))
+    assert status_of(kube, "survivor")["phase"] == "Running"
+    assert status_of(kube, "survivor")["startTime"] == before["startTime"]
+    assert len(kube.list("ray.io", "v1", "rayjobs", NS, "distill.dev/job=survivor")) == 1
+
+
+@pytest.mark.slow
+def test_name_taken_by_a_foreign_object_waits_for_it_to_go(
+    kube, custom, example_body, operator_factory
+) -> None:
+    operator_factory(kube.kubeconfig)
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "taken-spec"}, "data": {"a": "b"}})
+    create_job(custom, example_body, "taken")
+    kube.wait_for(
+        lambda: (
+            "is not controlled by this DistillJob"
+            in kube.get(*DJ, NS, "taken")["metadata"]
+            .get("annotations", {})
+            .get("distill.dev/distilljob_create", "")
+        )
+    )
+    assert kube.get("ray.io", "v1", "rayjobs", NS, "taken") is None
+    assert kube.get("", "v1", "configmaps", NS, "taken-spec")["data"] == {"a": "b"}
+    core.delete_namespaced_config_map("taken-spec", NS)
+    kube.wait_for(lambda: kube.get("ray.io", "v1", "rayjobs", NS, "taken"), timeout=30)
+    owner = kube.get("", "v1", "configmaps", NS, "taken-spec")["metadata"]["ownerReferences"][0]
+    assert owner["name"] == "taken"
+
+
+def test_namespace_flag_limits_what_is_watched(
+    kube, custom, example_body, operator_factory
+) -> None:
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    for namespace in ("team-a", "team-b"):
+        core.create_namespace({"metadata": {"name": namespace}})
+    operator_factory(kube.kubeconfig, "--namespace", "team-a")
+    for namespace in ("team-a", "team-b"):
+        body = example_body("math-distill.yaml", namespace, metadata__name="scoped")
+        del body["metadata"]["uid"], body["metadata"]["generation"]
+        custom.create_namespaced_custom_object(*DJ[:2], namespace, DJ[2], body)
+    kube.wait_for(lambda: kube.get("ray.io", "v1", "rayjobs", "team-a", "scoped"))
+    watched = {
+        r.namespace
+        for r in kube.requests
+        if r.resource == "distilljobs" and r.verb in ("list", "watch") and r.namespace
+    }
+    assert "team-a" in watched and "team-b" not in watched
+
+
+def test_peering_flag_joins_the_peering_object(kube, operator_factory) -> None:
+    peerings = ("kopf.dev", "v1", "clusterkopfpeerings")
+    kubernetes.client.CustomObjectsApi(kube.api_client()).create_cluster_custom_object(
+        *peerings[:2],
+        peerings[2],
+        {
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": "distill"},
+        },
+    )
+    command = [sys.executable, "-m", "distill_operator", "--peering", "distill", "--standalone"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "not allowed with argument" in refused.stderr
+
+    operator_factory(kube.kubeconfig, "--peering", "distill")
+    peering = kube.wait_for(lambda: (kube.get(*peerings, None, "distill") or {}).get("status"))
+    (identity,) = peering.values()
+    assert identity["lifetime"] > 0

@@ -1,0 +1,126 @@
+"""RayJob status -> DistillJob phase and conditions (metav1.Condition semantics)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from distill_api import DistillJobStatus, JobPhase
+from distill_operator.status import (
+    as_reason,
+    changed_fields,
+    phase_of,
+    phase_status,
+    set_condition,
+)
+
+T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=5)
+T2 = T0 + dt.timedelta(minutes=9)
+
+
+def rayjob(deployment: str = "", job: str = "", suspend: bool = False, **status: str) -> dict:
+    return {
+        "spec": {"suspend": suspend} if suspend else {},
+        "status": {"jobDeploymentStatus": deployment, "jobStatus": job, **status},
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "phase", "reason"),
+    [
+        ({}, JobPhase.PENDING, "RayJobCreated"),
+        (rayjob("Initializing"), JobPhase.PENDING, "RayJobInitializing"),
+        (rayjob("Running", "PENDING"), JobPhase.PENDING, "TrainerSubmitted"),
+        (rayjob("Running", "RUNNING"), JobPhase.RUNNING, "TrainerRunning"),
+        (rayjob("Retrying"), JobPhase.PENDING, "RayJobRetrying"),
+        (rayjob("Complete", "SUCCEEDED"), JobPhase.SUCCEEDED, "TrainingSucceeded"),
+        (rayjob("Complete", "FAILED"), JobPhase.FAILED, "RayJobFailed"),
+        (rayjob("Complete", "STOPPED"), JobPhase.FAILED, "RayJobStopped"),
+        (rayjob("Failed", reason="DeadlineExceeded"), JobPhase.FAILED, "DeadlineExceeded"),
+        (rayjob("Failed", "SUCCEEDED", reason="AppFailed"), JobPhase.FAILED, "AppFailed"),
+        (rayjob("Suspending"), JobPhase.SUSPENDED, "RayJobSuspending"),
+        (rayjob("Suspended"), JobPhase.SUSPENDED, "RayJobSuspended"),
+        (rayjob("", suspend=True), JobPhase.SUSPENDED, "RayJobSuspended"),
+        # A finished job stays finished even if someone sets suspend afterwards.
+        (rayjob("Complete", "SUCCEEDED", suspend=True), JobPhase.SUCCEEDED, "TrainingSucceeded"),
+    ],
+)
+def test_phase_of_rayjob(body: dict, phase: JobPhase, reason: str) -> None:
+    report = phase_of(body)
+    assert (report.phase, report.reason) == (phase, reason)
+
+
+def test_failure_message_is_passed_on() -> None:
+    report = phase_of(rayjob("Failed", reason="AppFailed", message="trainer exited with 1"))
+    assert report.message == "trainer exited with 1"
+
+
+def test_reason_is_made_schema_safe() -> None:
+    assert as_reason("Job deployment failed!") == "Jobdeploymentfailed"
+    assert as_reason("42 things") == "Unknown"
+
+
+def test_transition_time_changes_only_when_status_flips() -> None:
+    first = set_condition([], "Running", False, "RayJobInitializing", "", T0, 1)
+    assert first == [
+        {
+            "type": "Running",
+            "status": "False",
+            "reason": "RayJobInitializing",
+            "message": "",
+            "lastTransitionTime": "2025-03-01T12:00:00Z",
+            "observedGeneration": 1,
+        }
+    ]
+    same = set_condition(first, "Running", False, "TrainerSubmitted", "queued", T1, 2)
+    assert same[0]["lastTransitionTime"] == "2025-03-01T12:00:00Z"
+    assert (same[0]["reason"], same[0]["message"], same[0]["observedGeneration"]) == (
+        "TrainerSubmitted",
+        "queued",
+        2,
+    )
+    flipped = set_condition(same, "Running", True, "TrainerRunning", "", T2, 2)
+    assert flipped[0]["lastTransitionTime"] == "2025-03-01T12:09:00Z"
+
+
+def test_other_conditions_keep_their_place() -> None:
+    conditions = set_condition([], "SpecValid", True, "Validated", "", T0, 1)
+    conditions = set_condition(conditions, "Running", False, "RayJobCreated", "", T0, 1)
+    updated = set_condition(conditions, "SpecValid", True, "Validated", "", T1, 1)
+    assert [c["type"] for c in updated] == ["SpecValid", "Running"]
+    assert updated == conditions
+
+
+def test_phase_status_through_a_whole_run() -> None:
+    pending = phase_status(phase_of({}), {}, T0, 1)
+    assert pending["phase"] == "Pending"
+    by_type = {c["type"]: c["status"] for c in pending["conditions"]}
+    assert by_type == {
+        "Running": "False",
+        "Suspended": "False",
+        "Succeeded": "False",
+        "Failed": "False",
+    }
+    assert "startTime" not in pending
+
+    running = phase_status(phase_of(rayjob("Running", "RUNNING")), pending, T1, 1)
+    assert running["startTime"] == "2025-03-01T12:05:00Z"
+    changed = changed_fields(running, pending)
+    assert set(changed) == {"phase", "conditions", "startTime"}
+    flips = {c["type"]: c["lastTransitionTime"] for c in running["conditions"]}
+    assert flips["Running"] == "2025-03-01T12:05:00Z"
+    assert flips["Failed"] == "2025-03-01T12:00:00Z"
+
+    done = phase_status(phase_of(rayjob("Complete", "SUCCEEDED")), running, T2, 1)
+    assert done["completionTime"] == "2025-03-01T12:09:00Z"
+    assert "startTime" not in done  # already set: not part of the patch
+    # The whole status validates against the API model (and so the CRD's schema).
+    DistillJobStatus.model_validate({**running, **done})
+
+
+def test_same_rayjob_status_twice_is_no_patch() -> None:
+    status = phase_status(phase_of(rayjob("Running", "RUNNING")), {}, T0, 1)
+    again = phase_status(phase_of(rayjob("Running", "RUNNING")), status, T1, 1)
+    assert changed_fields(again, status) == {}
