@@ -49,8 +49,9 @@ test-fast: install  ## Skip the slow tests
 demo: install  ## Distil a tiny student from a tiny teacher on CPU and compare with pure RL
 	$(PY) -m distill_trainer.demo
 
-crds: install  ## Regenerate the CRD (crds/ and the chart) from the pydantic model
+crds: install  ## Regenerate generated files: the CRD (crds/, chart), chart RBAC and dashboard
 	$(PY) -m distill_api.crd $(CRD_FILE) $(CHART)/crds/distilljobs.distill.dev.yaml
+	$(PY) scripts/build_chart_assets.py
 
 lint: install  ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,208 @@
+"""helm lint/template of the chart: every rendered object valid for Kubernetes 1.30+ and its CRD.
+
+.venv/bin/python -m pytest tests/chart/test_chart_render.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from chart.helpers import (
+    CHART,
+    FULL_VALUES,
+    REPO_ROOT,
+    crd_schemas,
+    find,
+    load_yaml,
+    unknown_fields,
+)
+from jsonschema import Draft4Validator
+
+K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+VARIANTS = {
+    "defaults": [],
+    "full": ["--values", str(FULL_VALUES)],
+    "cluster-wide-peering": ["--set", "replicas=3", "--set", "prometheusRule.enabled=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def custom_schemas(shared_schemas) -> dict[tuple[str, str], dict[str, Any]]:
+    paths = [
+        *sorted(shared_schemas.glob("monitoring.coreos.com_*.yaml")),
+        *sorted((CHART / "crds").glob("*.yaml")),
+    ]
+    return crd_schemas(paths)
+
+
+@pytest.mark.parametrize("values", [[], ["--values", str(FULL_VALUES)]], ids=["defaults", "full"])
+def test_helm_lint_is_clean(run_helm, values: list[str]) -> None:
+    result = run_helm("lint", "--strict", str(CHART), *values)
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_rendered_object_is_valid(render, custom_schemas, variant: str) -> None:
+    objects = render(*VARIANTS[variant])
+    assert objects, "nothing rendered"
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        key = (obj["apiVersion"], obj["kind"])
+        if key in custom_schemas:
+            # Draft 4 is what OpenAPI v3 schemas follow; CRDs' Go regexes are not checked as such.
+            errors = [e.message for e in Draft4Validator(custom_schemas[key]).iter_errors(obj)]
+            assert errors == [], where
+            assert unknown_fields(obj, custom_schemas[key]) == [], where
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                pytest.fail(f"{where} invalid for Kubernetes {version}: {err.message}")
+
+
+def test_optional_parts_follow_their_switches(render) -> None:
+    default_kinds = {o["kind"] for o in render()}
+    assert default_kinds == {
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Deployment",
+        "ConfigMap",
+    }
+    full_kinds = {o["kind"] for o in render("--values", str(FULL_VALUES))}
+    added = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Role", "RoleBinding", "KopfPeering"}
+    assert full_kinds == default_kinds | added
+    off = render("--set", "dashboard.enabled=false", "--set", "rbac.create=false")
+    assert {o["kind"] for o in off} == default_kinds - {
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
+
+
+def _operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = find(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_operator_runs_hardened(render) -> None:
+    objects = render()
+    (deployment,) = find(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _operator_container(objects)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_operator_arguments_follow_the_mode(render) -> None:
+    default = _operator_container(render())
+    assert default["image"] == "ghcr.io/distill-operator/operator:0.1.0"
+    assert default["args"] == [
+        "--all-namespaces",
+        "--standalone",
+        "--liveness-port=8080",
+        "--metrics-port=9100",
+    ]
+    full = _operator_container(render("--values", str(FULL_VALUES)))
+    assert full["args"] == [
+        "--namespace=ml-research",
+        "--namespace=ml-prod",
+        "--peering=distill",
+        "--liveness-port=8081",
+        "--metrics-port=9101",
+        "--verbose",
+    ]
+    ports = {p["name"]: p["containerPort"] for p in full["ports"]}
+    assert ports == {"metrics": 9101, "healthz": 8081}
+
+
+def test_peering_objects_match_the_mode(render) -> None:
+    assert find(render(), "ClusterKopfPeering") == []
+    (cluster,) = find(render("--set", "replicas=2"), "ClusterKopfPeering")
+    assert cluster["metadata"]["name"] == "distill-distill-operator"
+    assert cluster["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    namespaced = find(render("--values", str(FULL_VALUES)), "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in namespaced) == ["ml-prod", "ml-research"]
+
+
+def test_dashboard_configmap_carries_the_dashboard(render) -> None:
+    (configmap,) = find(render("--values", str(FULL_VALUES)), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    shipped = json.loads(configmap["data"]["distill.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "distill.json").read_text())
+    assert shipped["uid"] == "distill-jobs"
+
+
+def test_chart_versions_follow_the_project() -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = load_yaml(CHART / "Chart.yaml")
+    assert chart["appVersion"] == project
+    assert chart["version"] == project
+
+
+def test_chart_crd_is_the_generated_one() -> None:
+    shipped = (CHART / "crds" / "distilljobs.distill.dev.yaml").read_text()
+    assert shipped == (REPO_ROOT / "crds" / "distilljobs.distill.dev.yaml").read_text(), (
+        "run `make crds`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [
+        ("replicas=0", "replicas"),
+        ("logLevel=chatty", "logLevel"),
+        ("watchNamespaces[0]=Not_A_Namespace", "watchNamespaces.0"),
+        ("prometheusRule.noProgress.window=soon", "prometheusRule.noProgress.window"),
+        ("imageTag=latest", "imageTag"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(run_helm, flag: str, field: str) -> None:
+    result = run_helm("template", "x", str(CHART), "--set", flag, check=False)
+    assert result.returncode != 0
+    assert field in result.stderr
+
+
+def _render_notes(run_helm, tmp_path, *values: str) -> str:
+    """templates/NOTES.txt as `helm install` would print it (`helm template` skips NOTES): a copy
+    of the chart renders it into a ConfigMap with `tpl`, in the same context."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "notes.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ tpl (.Files.Get "notes.txt") . | quote }}}\n'
+    )
+    out = run_helm(
+        "template", "distill", str(chart), "--show-only", "templates/zz-notes.yaml", *values
+    )
+    return yaml.safe_load(out.stdout)["data"]["notes"]
+
+
+def test_notes_say_how_to_submit_and_watch_a_job(run_helm, tmp_path) -> None:
+    notes = _render_notes(run_helm, tmp_path)
+    assert "kubectl apply -f examples/math-distill.yaml" in notes
+    assert "kubectl get distilljobs -w" in notes
+    assert 'dashboard "Distillation"' in notes
+    assert "jobMonitoring.podMonitor.enabled=true" in notes  # monitoring is off by default
+    full = _render_notes(run_helm, tmp_path / "full", "--values", str(FULL_VALUES))
+    assert "watching namespace(s) ml-research, ml-prod." in full
+    assert "jobMonitoring.podMonitor.enabled=true" not in full
