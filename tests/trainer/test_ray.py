@@ -1,0 +1,82 @@
+"""The ray backend: the same roles as Ray actors, the driver unchanged.
+
+Two runs, both slow (Ray start-up and worker imports dominate): the default local Ray that the
+trainer starts itself, and a Ray that looks like the KubeRay cluster (custom resources named after
+the roles), where replicas ask for their role's resource and the teacher runs as two replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_trainer.config import RoleConfig, RunOptions
+from distill_trainer.driver import run_job, train_step
+from distill_trainer.roles.hf import HFTeacher
+from distill_trainer.setup import setup_run
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_local_ray_runs_full_steps(make_job, teacher_dir: Path, tmp_path: Path) -> None:
+    job = make_job(
+        teacher={"model": str(teacher_dir)},
+        training={"totalSteps": 2, "testFreq": 2, "saveFreq": 2},
+    )
+    options = RunOptions(backend="ray", output_dir=tmp_path, progress=False, ray_num_cpus=2)
+    summary = run_job(job, options)
+    assert not ray.is_initialized()  # the run started Ray, so it shut it down
+    assert summary.steps == 2 and summary.roles == ["rollout", "actor", "teacher"]
+    step = summary.history[-1]
+    assert step["distill/kl_per_token"] > 0  # a different teacher, scored in its own actor
+    assert step["actor/grad_norm"] > 0 and "timing_s/weight_sync" in step
+    # The checkpoint was written by the actor process, on this machine's disk.
+    assert (tmp_path / "checkpoints" / "global_step_2" / "config.json").is_file()
+    assert sorted(summary.val_rewards) == [0, 2]
+
+
+def _wait_for(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.slow
+def test_cluster_resources_and_sharded_teacher(make_job, teacher_dir: Path, tmp_path) -> None:
+    roles = {"rollout": 1.0, "actor": 1.0, "teacher": 2.0}
+    ray.init(num_cpus=2, num_gpus=1, resources=roles, include_dashboard=False, log_to_driver=False)
+    try:
+        job = make_job(
+            teacher={"model": str(teacher_dir)},
+            resources={
+                "rollout": {"gpusPerReplica": 1, "tensorParallelSize": 1},
+                "actor": {"gpusPerReplica": 0},
+                "teacher": {"replicas": 2, "gpusPerReplica": 0},
+            },
+        )
+        options = RunOptions(backend="ray", device="cpu", output_dir=tmp_path, progress=False)
+        run = setup_run(job, options)
+        try:
+            # Every replica holds one unit of its role's resource; the rollout group its GPU.
+            free = ray.available_resources()
+            assert all(free.get(name, 0) == 0 for name in [*roles, "GPU"]), free
+            assert len(run.roles.teacher.handles) == 2
+            _, batch = train_step(run, run.train[:2])
+        finally:
+            run.close()
+        assert ray.is_initialized()  # not started by the run: left running
+        assert _wait_for(lambda: ray.available_resources().get("teacher") == 2.0)
+    finally:
+        ray.shutdown()
+    # The two shards together equal one teacher scoring the whole batch.
+    cfg = RoleConfig(
+        model=str(teacher_dir), device="cpu", seed=0, temperature=1.0, micro_batch_size=16
+    )
+    torch.testing.assert_close(batch.teacher_logprobs, HFTeacher(cfg).compute_logprobs(batch))

@@ -1,0 +1,142 @@
+"""Runtime options of one trainer run (not part of the DistillJob spec) and the role configs.
+
+The spec says *what* to train; `RunOptions` says *where and how* this process runs it (backend,
+device, output directory, metrics port, micro-batch sizes). `role_configs` derives each role's
+picklable config from both, so a role built in-process or inside a Ray actor sees the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from distill_api import DistillJobSpec
+from distill_trainer.algorithm import LossAgg
+
+
+class RunOptions(BaseModel):
+    """How this process runs a job; the CLI flags map onto these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["inprocess", "ray"] = Field(
+        "ray", description="Roles as Ray actors (local Ray or a cluster) or plain objects."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present.")
+    output_dir: Path = Field(Path("out/run"), description="metrics.jsonl, checkpoints/, summary.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
+    )
+    micro_batch_size: int = Field(16, ge=1, description="Rows per forward/backward pass.")
+    generate_batch_size: int | None = Field(
+        None, ge=1, description="Prompts per generate call (default: all of a step's prompts)."
+    )
+    grad_clip: float = Field(1.0, gt=0, description="Max global grad norm (actor and critic).")
+    value_clip: float = Field(0.5, gt=0, description="Critic value clip range.")
+    clip_ratio_c: float = Field(3.0, gt=1, description="Dual-clip constant for A < 0.")
+    loss_agg: LossAgg = Field(LossAgg.TOKEN_MEAN, description="Loss aggregation over tokens.")
+    val_before_train: bool = Field(True, description="Validate once before the first step.")
+    max_val_prompts: int | None = Field(None, ge=1, description="Cap on validation prompts.")
+    progress: bool = Field(True, description="Show a progress bar on the console.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default all).")
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    """What every model-holding role needs to load and run its model."""
+
+    model: str  # HF name or local path
+    device: str  # "cpu" | "cuda" | "auto": resolved where the role runs (a worker, not the driver)
+    seed: int
+    temperature: float  # logits are divided by it, as the sampler did
+    micro_batch_size: int
+    train: bool = False  # trainable roles keep float32 weights (autocast to bf16 on cuda)
+
+
+@dataclass(frozen=True)
+class RolloutConfig(RoleConfig):
+    generate_batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """PPO-style optimisation shared by actor and critic."""
+
+    learning_rate: float
+    ppo_epochs: int
+    mini_batch_size: int  # responses per optimizer step
+    grad_clip: float
+    loss_agg: LossAgg
+    weight_decay: float = 0.01  # the seed's (verl's) AdamW default
+
+
+@dataclass(frozen=True)
+class ActorConfig(RoleConfig):
+    optim: OptimConfig | None = None
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_ratio_c: float = 3.0
+    entropy_coeff: float = 0.0
+
+
+@dataclass(frozen=True)
+class CriticConfig(RoleConfig):
+    optim: OptimConfig | None = None
+    value_clip: float = 0.5
+
+
+@dataclass(frozen=True)
+class RoleConfigs:
+    rollout: RolloutConfig
+    actor: ActorConfig
+    teacher: RoleConfig | None  # None: useKlInAdvantage is off, no teacher at all
+    critic: CriticConfig | None  # None: the estimator needs no critic
+
+
+def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
+    """Every role's config from the spec and the run options."""
+    t = spec.training
+    common = {
+        "device": options.device,
+        "seed": t.seed,
+        "temperature": spec.rollout.temperature,
+        "micro_batch_size": options.micro_batch_size,
+    }
+    student = spec.student.model
+
+    # ppoMiniBatchSize counts prompts, as in the seed/verl: a mini-batch is all their responses.
+    mini_batch = t.ppo_mini_batch_size * spec.algorithm.rollout_n
+
+    def optim(lr: float) -> OptimConfig:
+        return OptimConfig(lr, t.ppo_epochs, mini_batch, options.grad_clip, options.loss_agg)
+
+    actor = ActorConfig(
+        model=student,
+        train=True,
+        optim=optim(t.learning_rate),
+        clip_low=t.clip_ratio_low,
+        clip_high=t.clip_ratio_high,
+        clip_ratio_c=options.clip_ratio_c,
+        entropy_coeff=t.entropy_coeff,
+        **common,
+    )
+    teacher = None
+    if spec.needs_teacher:
+        # Unset teacher: a frozen copy of the student's initial weights.
+        teacher = RoleConfig(model=(spec.teacher or spec.student).model, **common)
+    critic = None
+    if spec.needs_critic:
+        critic = CriticConfig(
+            model=student,
+            train=True,
+            optim=optim(t.critic_learning_rate),
+            value_clip=options.value_clip,
+            **common,
+        )
+    rollout = RolloutConfig(
+        model=student, generate_batch_size=options.generate_batch_size, **common
+    )
+    return RoleConfigs(rollout=rollout, actor=actor, teacher=teacher, critic=critic)

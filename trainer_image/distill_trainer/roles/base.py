@@ -1,0 +1,108 @@
+"""The role interfaces the driver calls: rollout engine, actor (student), teacher, critic.
+
+The driver only ever calls these methods, so an implementation can live in the driver's process
+(roles/hf.py) or behind a Ray actor group (roles/ray_group.py) without the loop changing. Tensors
+cross the interface on the CPU; each role moves them to its own device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from distill_trainer.batch import RolloutBatch, pad_cat, position_ids_from_mask
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the rollout engine samples; `greedy` ignores temperature and top_p."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+    logprobs: bool = True  # also return the behaviour logprob of each sampled token
+
+
+@dataclass
+class Rollouts:
+    """Responses to a list of prompts, n per prompt, prompt-major (row i·n + j)."""
+
+    prompt_ids: Tensor  # [N, P] left-padded
+    prompt_mask: Tensor  # [N, P]
+    response_ids: Tensor  # [N, R] right-padded
+    response_mask: Tensor  # [N, R] float, 1.0 up to and including the first EOS
+    logprobs: Tensor | None  # [N, R] behaviour logprobs, 0.0 on padding
+
+    def to_batch(self, n: int) -> RolloutBatch:
+        """The training batch layout, with group ids = prompt index (n responses each)."""
+        attention_mask = torch.cat([self.prompt_mask.long(), self.response_mask.long()], dim=1)
+        return RolloutBatch(
+            input_ids=torch.cat([self.prompt_ids, self.response_ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            response_mask=self.response_mask,
+            group_ids=torch.arange(self.prompt_ids.shape[0] // n).repeat_interleave(n),
+            rollout_logprobs=self.logprobs,
+        )
+
+    @staticmethod
+    def concat(parts: list[Rollouts], pad_token_id: int) -> Rollouts:
+        """Rows of several Rollouts in order, re-padded to common widths."""
+        if len(parts) == 1:
+            return parts[0]
+        logprobs = None
+        if all(p.logprobs is not None for p in parts):
+            logprobs = pad_cat([p.logprobs for p in parts], 0.0, left=False)
+        return Rollouts(
+            prompt_ids=pad_cat([p.prompt_ids for p in parts], pad_token_id, left=True),
+            prompt_mask=pad_cat([p.prompt_mask for p in parts], 0, left=True),
+            response_ids=pad_cat([p.response_ids for p in parts], pad_token_id, left=False),
+            response_mask=pad_cat([p.response_mask for p in parts], 0.0, left=False),
+            logprobs=logprobs,
+        )
+
+
+@dataclass(frozen=True)
+class LogprobOutput:
+    """The actor's pass over a batch: token logprobs and, when asked, token entropies."""
+
+    logprobs: Tensor  # [N, R]
+    entropy: Tensor | None = None  # [N, R]
+
+
+class RolloutEngine(Protocol):
+    def generate(
+        self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams
+    ) -> Rollouts: ...
+
+    def load_weights(self, weights: Any) -> None:
+        """Take the actor's weights (what `Actor.get_weights` returned)."""
+
+
+class Actor(Protocol):
+    def compute_logprobs(
+        self, batch: RolloutBatch, with_entropy: bool = False
+    ) -> LogprobOutput: ...
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """PPO epochs × mini-batches on the batch's advantages; returns mean metrics."""
+
+    def get_weights(self) -> Any: ...
+
+    def save(self, path: str) -> None:
+        """save_pretrained the student and its tokenizer into `path`."""
+
+
+class Teacher(Protocol):
+    def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
+        """[N, R] logprobs of the sampled response tokens, computed micro-batch by micro-batch."""
+
+
+class Critic(Protocol):
+    def compute_values(self, batch: RolloutBatch) -> Tensor: ...
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]: ...

@@ -1,0 +1,199 @@
+"""Everything a run needs before its first step, gathered in one `Run` object.
+
+`setup_run` loads the student's tokenizer (and checks the teacher shares it), reads and encodes
+the prompts, connects the grader, starts Ray when asked, builds the roles and opens the metrics
+sink. Problems with the job's inputs raise `JobInputError` naming the spec field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from distill_api import DistillJob, DistillJobSpec
+from distill_grader.client import GRADER_URL_ENV, Grader, make_grader
+from distill_grader.schema import GradeRequestItem
+from distill_trainer.batch import RolloutBatch
+from distill_trainer.checkpoint import checkpoint_root
+from distill_trainer.config import RunOptions, role_configs
+from distill_trainer.data import read_dataset
+from distill_trainer.metrics import MetricsSink
+from distill_trainer.prompts import EncodedPrompt, encode_prompts, steps_per_epoch
+from distill_trainer.roles import Roles, SamplingParams, build_roles
+from distill_trainer.roles.hf import load_tokenizer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class JobInputError(ValueError):
+    """A job input (data, model, tokenizer) that cannot work; the message names the field."""
+
+
+@dataclass
+class Run:
+    """The state of one run shared by the loop's functions."""
+
+    job_name: str
+    spec: DistillJobSpec
+    tokenizer: PreTrainedTokenizerBase
+    train: list[EncodedPrompt]
+    val: list[EncodedPrompt]
+    total_steps: int
+    sampling: SamplingParams
+    grader: Grader
+    roles: Roles
+    sink: MetricsSink
+    checkpoint_root: Path
+    closers: ExitStack = field(repr=False)
+    last_checkpoint: Path | None = None
+
+    def grade(self, batch: RolloutBatch, ground_truths: list[str]) -> torch.Tensor:
+        """[N] scores of the batch's responses; row i answers prompt i // (N / len(prompts))."""
+        per_prompt = batch.size // len(ground_truths)
+        texts = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        items = [
+            GradeRequestItem(id=str(i), response=text, ground_truth=ground_truths[i // per_prompt])
+            for i, text in enumerate(texts)
+        ]
+        scores = {r.id: r.score for r in self.grader.grade(items)}
+        return torch.tensor([scores[item.id] for item in items], dtype=torch.float32)
+
+    def close(self) -> None:
+        self.closers.close()
+
+
+def check_shared_tokenizer(student: PreTrainedTokenizerBase, teacher_model: str) -> None:
+    """The KL is per token: the teacher must read the student's tokens as the same strings."""
+    try:
+        teacher = load_tokenizer(teacher_model)
+        vocab_size = AutoConfig.from_pretrained(teacher_model).vocab_size
+    except (OSError, ValueError) as err:
+        raise JobInputError(f"teacher.model: cannot load {teacher_model!r}: {err}") from err
+    if teacher.get_vocab() != student.get_vocab():
+        raise JobInputError(
+            f"teacher.model: {teacher_model!r} has a different tokenizer from student.model "
+            f"({len(teacher)} vs {len(student)} tokens); the per-token KL needs a shared vocabulary"
+        )
+    if vocab_size < len(student):
+        raise JobInputError(
+            f"teacher.model: {teacher_model!r} has {vocab_size} output logits, fewer than the "
+            f"{len(student)} tokens of the shared tokenizer"
+        )
+
+
+def load_prompts(
+    field_path: str, uri: str, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> list[EncodedPrompt]:
+    try:
+        records = read_dataset(uri)
+    except (OSError, ValueError) as err:
+        raise JobInputError(f"{field_path}: {err}") from err
+    prompts = encode_prompts(tokenizer, records, max_length)
+    if not prompts:
+        raise JobInputError(
+            f"{field_path}: no prompt of {uri!r} fits rollout.maxPromptLength={max_length}"
+        )
+    return prompts
+
+
+def count_steps(spec: DistillJobSpec, num_prompts: int) -> int:
+    """totalSteps when set (it takes precedence over numEpochs, as in the seed), else numEpochs
+    passes over the data."""
+    t = spec.training
+    per_epoch = steps_per_epoch(num_prompts, t.batch_size)
+    if per_epoch == 0:
+        raise JobInputError(
+            f"training.batchSize: {t.batch_size} is more than the {num_prompts} usable prompts "
+            "of data.train"
+        )
+    return t.total_steps or per_epoch * t.num_epochs
+
+
+def _grader(spec: DistillJobSpec) -> Grader:
+    """The grader service at DISTILL_GRADER_URL, else an in-process grading pool."""
+    return make_grader(os.environ.get(GRADER_URL_ENV), spec.grader.timeout_seconds)
+
+
+def setup_run(job: DistillJob, options: RunOptions) -> Run:
+    """Load data and models for `job`; the caller must `close()` the returned Run."""
+    spec = job.spec
+    seed_everything(spec.training.seed)
+    try:
+        tokenizer = load_tokenizer(spec.student.model)
+    except (OSError, ValueError) as err:
+        raise JobInputError(f"student.model: cannot load {spec.student.model!r}: {err}") from err
+    if spec.needs_teacher and spec.teacher is not None:
+        check_shared_tokenizer(tokenizer, spec.teacher.model)
+    max_prompt = spec.rollout.max_prompt_length
+    train = load_prompts("data.train", spec.data.train, tokenizer, max_prompt)
+    val = load_prompts("data.val", spec.data.val, tokenizer, max_prompt) if spec.data.val else []
+    val = val[: options.max_val_prompts] if options.max_val_prompts else val
+    total_steps = count_steps(spec, len(train))
+    closers = ExitStack()
+    try:
+        sink, grader, roles = _start(job, options, tokenizer.pad_token_id, total_steps, closers)
+    except BaseException:
+        closers.close()
+        raise
+    log.info(
+        "%s: %d train / %d val prompts, %d steps, roles %s",
+        job.metadata.name,
+        len(train),
+        len(val),
+        total_steps,
+        roles.names,
+    )
+    sampling = SamplingParams(
+        max_new_tokens=spec.rollout.max_response_length,
+        temperature=spec.rollout.temperature,
+        top_p=spec.rollout.top_p,
+    )
+    return Run(
+        job_name=job.metadata.name,
+        spec=spec,
+        tokenizer=tokenizer,
+        train=train,
+        val=val,
+        total_steps=total_steps,
+        sampling=sampling,
+        grader=grader,
+        roles=roles,
+        sink=sink,
+        checkpoint_root=checkpoint_root(spec, options.output_dir),
+        closers=closers,
+    )
+
+
+def _start(
+    job: DistillJob, options: RunOptions, pad_token_id: int, total_steps: int, closers: ExitStack
+) -> tuple[MetricsSink, Grader, Roles]:
+    """Metrics first (the endpoint answers while models load), then grader, Ray and roles;
+    each registers its own clean-up on `closers`."""
+    sink = MetricsSink(
+        job.metadata.name, options.output_dir, total_steps, options.metrics_port, options.progress
+    )
+    closers.callback(sink.close)
+    grader = _grader(job.spec)
+    if hasattr(grader, "close"):
+        closers.callback(grader.close)
+    if options.backend == "ray":
+        _start_ray(options, closers)
+    configs = role_configs(job.spec, options)
+    roles = build_roles(configs, job.spec, options.backend, pad_token_id)
+    closers.callback(roles.close)
+    return sink, grader, roles
+
+
+def _start_ray(options: RunOptions, closers: ExitStack) -> None:
+    import ray
+
+    from distill_trainer.roles.ray_group import init_ray
+
+    if init_ray(options.ray_num_cpus):
+        closers.callback(ray.shutdown)
