@@ -1,0 +1,55 @@
+"""Final-answer extraction: balanced boxes, fallbacks, and hostile nesting."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distill_grader.extract import brace_depth, extract_answer, last_boxed, last_stated_answer
+
+
+def test_last_balanced_box_wins() -> None:
+    assert last_boxed(r"\boxed{1} then \boxed{\frac{2}{3}}") == r"\frac{2}{3}"
+    assert last_boxed(r"\boxed{1} then \fbox{2}") == "2"
+    assert last_boxed(r"\boxed{1} and a cut-off \boxed{\frac{2}{") == "1"
+    assert last_boxed(r"\boxed{} after \boxed{3}") == "3"
+    assert last_boxed(r"\boxed {4}") == "4"
+    assert last_boxed(r"\boxed 5 apples") == "5"
+    assert last_boxed(r"\boxedfoo{6}") is None
+
+
+def test_escaped_braces_do_not_count() -> None:
+    assert last_boxed(r"\boxed{\{1, 2\}}") == r"\{1, 2\}"
+    assert last_boxed(r"\boxed{\left\{ x \right.}") == r"\left\{ x \right."
+    assert last_boxed(r"\boxed{a \\{b}}") == r"a \\{b}"  # \\ is a line break; { opens a group
+
+
+def test_ten_thousand_nested_boxes_and_braces() -> None:
+    nested_boxes = r"\boxed{" * 10_000 + "7" + "}" * 10_000
+    assert last_boxed(nested_boxes) == "7"
+    nested_braces = r"\boxed{" + "{" * 10_000 + "7" + "}" * 10_000 + "}"
+    assert last_boxed(nested_braces) == "{" * 10_000 + "7" + "}" * 10_000
+    assert brace_depth(nested_braces) == 10_001
+    assert last_boxed(r"\boxed{" + "{" * 10_000) is None  # never closed
+
+
+def test_stated_answer_fallbacks() -> None:
+    assert last_stated_answer("The answer is $\\frac{1}{2}$ of the pie.") == r"\frac{1}{2}"
+    assert last_stated_answer("so the final answer is: 12.") == "12"
+    assert last_stated_answer("The answer is \\(x+1\\), clearly") == "x+1"
+    assert last_stated_answer("Answer: 3\nAnswer: 4") == "4"
+    assert last_stated_answer("48 + 24 = 72\n#### 72") == "72"
+    assert last_stated_answer("#### Step 1\nwork") is None  # a markdown heading, not an answer
+    assert last_stated_answer("no conclusion here") is None
+
+
+def test_box_takes_priority_over_stated_answer() -> None:
+    assert extract_answer(r"\boxed{1}. The answer is 2.") == "1"
+    assert extract_answer("The answer is 2.") == "2"
+    assert extract_answer("nothing") is None
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="{}\\"), max_size=40))
+def test_box_content_round_trips(content: str) -> None:
+    expected = content.strip() or None
+    assert last_boxed(f"prefix \\boxed{{{content}}} suffix") == expected

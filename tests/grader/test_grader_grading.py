@@ -1,0 +1,86 @@
+"""The grading library against the table, plus properties of the fast path and of extraction."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distill_grader.grading import _verify, compare_answers, fast_match, grade_answer
+from distill_grader.schema import Reason
+
+
+def test_grading_table(grading_case: Any) -> None:
+    verdict = grade_answer(grading_case.response, grading_case.ground_truth)
+    assert verdict.reason == grading_case.reason
+    assert verdict.score == (1.0 if grading_case.reason == "correct" else 0.0)
+
+
+def test_table_is_large_and_covers_every_library_reason(grading_table: list[Any]) -> None:
+    counts = Counter(case.reason for case in grading_table)
+    assert len(grading_table) >= 60
+    assert set(counts) == {"correct", "wrong", "no_answer", "parse_error"}
+    assert counts["wrong"] >= 15  # true negatives, not only equivalences
+
+
+def test_extracted_answer_is_reported() -> None:
+    verdict = grade_answer(r"so $x = \boxed{\dfrac{1}{2}}$.", "0.5")
+    assert verdict == (1.0, Reason.CORRECT, r"\dfrac{1}{2}")
+    assert grade_answer("no idea", "1").extracted is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-(10**6), 10**6), st.integers(-(10**6), 10**6))
+def test_integer_fast_path_agrees_with_math_verify(a: int, b: int) -> None:
+    assert fast_match(str(a), str(b)) == (a == b)
+    assert _verify(str(a), str(b)) == (Reason.CORRECT if a == b else Reason.WRONG)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10**30))
+def test_thousands_separators_are_the_same_integer(n: int) -> None:
+    assert compare_answers(f"{n:,}", str(n)) == Reason.CORRECT
+    assert compare_answers(f"{n:,}", str(n + 1)) == Reason.WRONG
+
+
+def test_integers_beyond_int_conversion_limit_compare_as_digits() -> None:
+    huge = "9" * 5000  # int() refuses more than 4,300 digits
+    assert fast_match(huge, huge + "") is True
+    assert fast_match(huge, "0" + huge) is True
+    assert fast_match(huge, huge[:-1] + "8") is False
+
+
+def test_spelling_normalisation_is_decisive_without_sympy() -> None:
+    assert fast_match(r"$\left( 1,\! 2 \right)$.", "(1,2)") is True
+    assert fast_match(r"\dfrac{1}{2}", r"\frac{1}{2}") is True
+    assert fast_match(r"\frac{1}{2}", "0.5") is None  # needs math-verify
+
+
+_INTS = st.integers(-50, 50)
+_NUMERIC = st.one_of(
+    _INTS.map(str),
+    st.tuples(_INTS, _INTS).map(lambda t: f"({t[0]}, {t[1]})"),
+    st.tuples(_INTS, _INTS).map(lambda t: f"\\left[{t[0]},{t[1]}\\right)"),
+    st.tuples(_INTS, _INTS, _INTS).map(lambda t: f"({t[0]},{t[1]},{t[2]})"),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_NUMERIC, _NUMERIC)
+def test_fast_path_decisions_agree_with_math_verify(answer: str, truth: str) -> None:
+    fast = fast_match(answer, truth)
+    if fast is not None:
+        assert _verify(answer, truth) == (Reason.CORRECT if fast else Reason.WRONG)
+
+
+def test_tuples_of_integers_are_decided_without_sympy() -> None:
+    assert fast_match(r"\left(3, -1\right)", "(3,-1)") is True
+    assert fast_match("(1, 3)", "(1, 2)") is False
+    assert fast_match("(1, 2, 3)", "(1, 2, 4)") is False
+    assert fast_match("[0, 0)", "[0, -1)") is None  # both empty: math-verify decides
+    assert fast_match("[1, 2)", "[1, 3)") is False
+    assert fast_match("74", "(73, 7)") is False
+    assert fast_match("(1, 2)", "[1, 2)") is None  # different brackets: math-verify decides
+    assert fast_match("(1,000)", "(1,0)") is None  # maybe a thousands separator

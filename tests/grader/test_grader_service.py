@@ -1,0 +1,172 @@
+"""The math-grader service, run for real: ``python -m distill_grader`` on a loopback port.
+
+The module's server has a 1.5 s item deadline, 64 items per request and a 12 MB body cap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from distill_grader import GradeRequestItem, HttpGraderClient
+
+REQUEST_DEADLINE_S = 20.0  # every answer, hostile inputs included, must come back within this
+
+
+@pytest.fixture(scope="module")
+def client(grader_server: str) -> Any:
+    with HttpGraderClient(grader_server, timeout_s=REQUEST_DEADLINE_S, max_batch=64) as client:
+        yield client
+
+
+def _items(pairs: list[tuple[str, str]]) -> list[GradeRequestItem]:
+    return [
+        GradeRequestItem(id=str(i), response=r, ground_truth=g) for i, (r, g) in enumerate(pairs)
+    ]
+
+
+def _post(url: str, content: bytes, **headers: str) -> httpx.Response:
+    headers = {"content-type": "application/json", **headers}
+    return httpx.post(f"{url}/v1/grade", content=content, headers=headers, timeout=20)
+
+
+def _metrics(url: str) -> dict[str, float]:
+    samples = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_probes(grader_server: str) -> None:
+    assert httpx.get(f"{grader_server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{grader_server}/readyz").json() == {"status": "ready"}
+
+
+def test_the_grading_table_over_http(client: HttpGraderClient, grading_table: list) -> None:
+    pairs = [(case.response, case.ground_truth) for case in grading_table]
+    results = client.grade(_items(pairs))  # more than 64 items: the client splits the batch
+    assert [r.reason for r in results] == [case.reason for case in grading_table]
+    assert [r.id for r in results] == [str(i) for i in range(len(grading_table))]
+    assert {r.score for r in results if r.reason == "correct"} == {1.0}
+
+
+def test_hostile_inputs_each_get_a_reason(client: HttpGraderClient, sympy_hang: str) -> None:
+    pairs = [
+        ("x" * 10_000_000 + r"\boxed{1}", "1"),  # 10 MB
+        (r"\boxed{" * 10_000 + "7" + "}" * 10_000, "7"),
+        (r"\boxed{" + "{" * 10_000 + "7" + "}" * 10_000 + "}", "7"),
+        (sympy_hang, "1"),
+        ("\udcff\ud800 lone surrogates \\boxed{5}", "5"),
+        (r"\boxed{4}", "4"),
+    ]
+    results = client.grade(_items(pairs))
+    assert [r.reason for r in results] == [
+        "too_long", "correct", "parse_error", "timeout", "correct", "correct"
+    ]  # fmt: skip
+    assert results[1].extracted == "7"
+    assert results[4].extracted == "5"
+
+
+def test_invalid_utf8_bytes_are_graded_as_text(grader_server: str) -> None:
+    body = b'{"items": [{"id": "u", "response": "\\\\boxed{5} \xff\xfe\xc3", "ground_truth": "5"}]}'
+    response = _post(grader_server, body)
+    assert response.status_code == 200
+    assert response.json()["results"] == [
+        {"id": "u", "score": 1.0, "reason": "correct", "extracted": "5"}
+    ]
+
+
+def test_a_hung_request_does_not_stall_others(grader_server: str, sympy_hang: str) -> None:
+    order: list[str] = []
+
+    def post_hung() -> None:
+        body = {"items": [{"id": "h", "response": sympy_hang, "ground_truth": "1"}]}
+        reason = _post(grader_server, json.dumps(body).encode()).json()["results"][0]["reason"]
+        order.append(f"hung:{reason}")
+
+    hung = threading.Thread(target=post_hung)
+    hung.start()
+    quick = {"items": [{"id": "q", "response": r"\boxed{2}", "ground_truth": "2"}]}
+    order.append(
+        "quick:" + _post(grader_server, json.dumps(quick).encode()).json()["results"][0]["reason"]
+    )
+    hung.join(REQUEST_DEADLINE_S)
+    assert order == ["quick:correct", "hung:timeout"]
+    assert httpx.get(f"{grader_server}/healthz").status_code == 200
+
+
+def _body(*items: dict[str, Any]) -> bytes:
+    return json.dumps({"items": list(items)}).encode()
+
+
+ITEM = {"id": "a", "response": "x", "ground_truth": "1"}
+BAD_REQUESTS = {
+    "malformed-json": (b'{"items": [{"id": 1,', ["body", 20], "JSON decode error"),
+    "wrong-type": (_body({**ITEM, "id": 1}), ["body", "items", 0, "id"], "valid string"),
+    "missing-field": (
+        _body({"id": "a", "response": "x"}),
+        ["body", "items", 0, "ground_truth"],
+        "Field required",
+    ),
+    "extra-field": (_body({**ITEM, "extra": 1}), ["body", "items", 0, "extra"], "Extra inputs"),
+    "bare-list": (json.dumps([ITEM]).encode(), ["body"], "valid dictionary"),
+    "too-many-items": (_body(*[ITEM] * 65), ["body", "items"], "at most 64 items"),
+}
+
+
+@pytest.mark.parametrize(("body", "loc", "message"), BAD_REQUESTS.values(), ids=list(BAD_REQUESTS))
+def test_bad_requests_get_422_naming_the_field(
+    grader_server: str, body: bytes, loc: list, message: str
+) -> None:
+    response = _post(grader_server, body)
+    assert response.status_code == 422
+    problem = response.json()["detail"][0]
+    assert problem["loc"] == loc
+    assert message in problem["msg"]
+    assert "input" not in problem  # never echo a (possibly 10 MB) input back
+
+
+def test_body_over_the_cap_gets_413(grader_server: str) -> None:
+    body = json.dumps({"items": [{"id": "a", "response": "x" * 12_500_000, "ground_truth": "1"}]})
+    response = _post(grader_server, body.encode())
+    assert response.status_code == 413
+    assert "12000000 bytes" in response.json()["detail"]
+
+
+def test_metrics_are_labelled_with_the_job(grader_server: str, client: HttpGraderClient) -> None:
+    client.grade(_items([(r"\boxed{1}", "1"), ("nothing", "1")]))
+    _post(grader_server, b"{")
+    samples = _metrics(grader_server)
+    job = 'distilljob="test-job"'
+    assert samples[f'grader_requests_total{{{job},status="200"}}'] >= 1
+    assert samples[f'grader_requests_total{{{job},status="422"}}'] >= 1
+    assert samples[f'grader_items_total{{{job},reason="correct"}}'] >= 1
+    assert samples[f'grader_items_total{{{job},reason="no_answer"}}'] >= 1
+    for name in [
+        "grader_request_duration_seconds_count",
+        "grader_item_duration_seconds_count",
+        "grader_batch_size_count",
+        "grader_pool_restarts_total",
+        "grader_inflight_requests",
+    ]:
+        assert f"{name}{{{job}}}" in samples, name
+    assert samples[f"grader_batch_size_count{{{job}}}"] >= 1
+
+
+def test_openapi_schema_documents_the_batch_format(grader_server: str) -> None:
+    schema = httpx.get(f"{grader_server}/openapi.json").json()
+    grade = schema["paths"]["/v1/grade"]["post"]
+    body_ref = grade["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body_ref == "#/components/schemas/GradeRequest"
+    assert {"200", "413", "422", "503"} <= set(grade["responses"])
+    item = schema["components"]["schemas"]["GradeRequestItem"]
+    assert set(item["required"]) == {"id", "response", "ground_truth"}
+    result = schema["components"]["schemas"]["GradeResult"]
+    assert set(result["properties"]) == {"id", "score", "reason", "extracted"}
+    assert httpx.get(f"{grader_server}/docs").status_code == 200

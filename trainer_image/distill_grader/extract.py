@@ -1,0 +1,113 @@
+"""Find the final answer in a model response (pure string code; no math-verify, no sympy).
+
+Order: the last ``\\boxed{...}`` / ``\\fbox{...}`` whose braces balance, else the last
+"The answer is X" / "Answer: X" / "#### X". Brace matching walks only the brace tokens with an
+explicit stack, so 10,000 nested braces cost milliseconds and never touch the recursion limit.
+Every regex here is linear in the input (no nested quantifiers, no lazy scans to a far delimiter).
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# An escaped brace or an escaped backslash is not a group delimiter; in ``\\{`` the brace is.
+_BRACE_RE = re.compile(r"\\[\\{}]|[{}]")
+_SPACES_RE = re.compile(r"\s*")
+_BARE_BOX_ARG_RE = re.compile(r"[ \t]+([^\s$]+)")  # \boxed 5 (TeX's one-token argument)
+# "#### X" only when X starts like a number or formula: "#### Step 2" is a markdown heading.
+_FALLBACK_RE = re.compile(
+    r"(?:\banswer\s+is\b\s*:?|\banswer\s*:|####(?=[ \t]*[-+$\\\d.(]))[ \t]*([^\n]*)", re.I
+)
+_DOLLAR_MATH_RE = re.compile(r"\$+([^$]+)\$+")
+_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
+
+
+def extract_answer(text: str) -> str | None:
+    """Return the final answer in ``text``, stripped of math delimiters, or None."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return last_stated_answer(text)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last balanced, non-empty ``\\boxed{...}`` or ``\\fbox{...}``."""
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    if not starts:
+        return None
+    closing = _matching_braces(text, starts[0])
+    for start in reversed(starts):
+        answer = _box_argument(text, start, closing)
+        if answer:
+            return answer
+    return None
+
+
+def _box_argument(text: str, start: int, closing: dict[int, int]) -> str | None:
+    brace = _SPACES_RE.match(text, start).end()
+    if brace < len(text) and text[brace] == "{":
+        close = closing.get(brace)
+        return None if close is None else text[brace + 1 : close].strip()
+    bare = _BARE_BOX_ARG_RE.match(text, start)
+    return bare.group(1) if bare else None
+
+
+def _matching_braces(text: str, start: int) -> dict[int, int]:
+    """Map each ``{`` at or after ``start`` to its ``}``; unbalanced ones are left out."""
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for token in _BRACE_RE.finditer(text, start):
+        char = token.group()
+        if char == "{":
+            stack.append(token.start())
+        elif char == "}" and stack:
+            closing[stack.pop()] = token.start()
+    return closing
+
+
+def brace_depth(text: str) -> int:
+    """Deepest ``{`` nesting in ``text`` (escaped braces ignored)."""
+    depth = deepest = 0
+    for token in _BRACE_RE.finditer(text):
+        char = token.group()
+        if char == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == "}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def last_stated_answer(text: str) -> str | None:
+    """The X of the last "The answer is X", "Answer: X" or "#### X", cleaned."""
+    for match in reversed(list(_FALLBACK_RE.finditer(text))):
+        answer = _clean_stated(match.group(1))
+        if answer:
+            return answer
+    return None
+
+
+def _clean_stated(raw: str) -> str:
+    """Keep the math of a stated answer: its first inline formula, else its first sentence."""
+    raw = raw.strip().strip("*").strip()
+    opening = raw.find("\\(")
+    closing = raw.find("\\)", opening + 2) if opening >= 0 else -1
+    dollar = _DOLLAR_MATH_RE.search(raw)
+    if dollar and (closing < 0 or dollar.start() < opening):
+        return dollar.group(1).strip()
+    if closing >= 0:
+        return raw[opening + 2 : closing].strip()
+    end = _SENTENCE_END_RE.search(raw)
+    return strip_math_delimiters(raw[: end.start()] if end else raw)
+
+
+def strip_math_delimiters(answer: str) -> str:
+    """Drop surrounding ``$...$``, ``\\(...\\)``, ``\\[...\\]``, bold markers and a final period."""
+    answer = answer.strip().strip("*").strip().rstrip(".").rstrip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        fits = len(answer) >= len(left) + len(right)
+        if fits and answer.startswith(left) and answer.endswith(right):
+            answer = answer[len(left) : -len(right)].strip()
+            break
+    return answer.rstrip(".").strip()

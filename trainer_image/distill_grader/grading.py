@@ -1,0 +1,163 @@
+"""Grade one response against its ground truth: extract, fast path, then math-verify.
+
+``grade_answer`` is what the pool's worker processes run for every item. It never raises: any
+failure becomes a reason. math-verify's own timeouts use ``signal.alarm``, which only works in a
+process's main thread, so they are switched off here (``parsing_timeout=None``,
+``timeout_seconds=None``); the pool enforces the per-item deadline by killing the worker instead,
+which also stops work stuck in C code (a huge integer power) that no signal could interrupt.
+
+Fast path, before any sympy work: equal strings after normalisation are correct, and two plain
+integers are compared directly. Ground truths repeat across the samples of one prompt and models
+repeat answers, so parsed ground truths and short verdicts are cached per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+from distill_grader.extract import brace_depth, extract_answer, strip_math_delimiters
+from distill_grader.schema import Reason, Verdict
+
+# math-verify warns once that its timeouts are off; that is deliberate here (see above).
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+# The answer is fed to math-verify as \boxed{...}, so its LaTeX extraction reads exactly it.
+_EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+_CACHE_MAX_CHARS = 512  # longer strings are graded uncached: the caches must stay small
+# No real answer nests braces this deep; latex2sympy would spend minutes on one that does.
+_MAX_BRACE_DEPTH = 64
+_SPACING_RE = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+")
+_INT_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+_INT_LIST_RE = re.compile(r"([(\[])([+-]?\d+(?:,[+-]?\d+)+)([)\]])")
+_LEADING_ZERO_RE = re.compile(r"[+-]?0\d+")
+
+
+def grade_answer(response: str, ground_truth: str) -> Verdict:
+    """Score ``response`` against ``ground_truth`` (1.0 only for reason ``correct``)."""
+    try:
+        extracted = extract_answer(response)
+    except Exception:  # a bug here must cost one item, not the worker
+        logging.getLogger(__name__).exception("answer extraction failed")
+        return Verdict(0.0, Reason.PARSE_ERROR, None)
+    if extracted is None:
+        return Verdict(0.0, Reason.NO_ANSWER, None)
+    reason = compare_answers(extracted, ground_truth)
+    return Verdict(1.0 if reason is Reason.CORRECT else 0.0, reason, extracted)
+
+
+def compare_answers(extracted: str, ground_truth: str) -> Reason:
+    """``correct``, ``wrong`` or ``parse_error`` for an extracted answer."""
+    fast = fast_match(extracted, ground_truth)
+    if fast is not None:
+        return Reason.CORRECT if fast else Reason.WRONG
+    if max(brace_depth(extracted), brace_depth(ground_truth)) > _MAX_BRACE_DEPTH:
+        return Reason.PARSE_ERROR
+    if len(extracted) + len(ground_truth) <= _CACHE_MAX_CHARS:
+        return _verify_cached(extracted, ground_truth)
+    return _verify(extracted, ground_truth)
+
+
+def normalise_answer(answer: str) -> str:
+    """Spelling-only normalisation: delimiters, spacing, ``\\left``/``\\right``, ``\\dfrac``."""
+    answer = strip_math_delimiters(answer)
+    answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return _SPACING_RE.sub("", answer.replace("{,}", ","))
+
+
+def fast_match(extracted: str, ground_truth: str) -> bool | None:
+    """True/False when decidable without sympy, else None.
+
+    Decided here: the same spelling; two integers; two tuples or intervals of integers with the
+    same brackets and length (elementwise); an integer against such a tuple (never equal).
+    Parsing a tuple with latex2sympy costs ~30 ms, a hundred times the rest of an item.
+    """
+    answer, truth = normalise_answer(extracted), normalise_answer(ground_truth)
+    if answer and answer == truth:
+        return True
+    answer_int, truth_int = _canonical_int(answer), _canonical_int(truth)
+    if answer_int is not None and truth_int is not None:
+        return answer_int == truth_int
+    answer_list, truth_list = _int_list(answer), _int_list(truth)
+    if answer_list is not None and truth_list is not None:
+        return _decide_lists(answer_list, truth_list)
+    number_vs_list = (answer_int is not None and truth_list is not None) or (
+        truth_int is not None and answer_list is not None
+    )
+    return False if number_vs_list else None
+
+
+def _int_list(text: str) -> tuple[str, tuple[int, ...], str] | None:
+    """(opening bracket, integers, closing bracket) of "(1,-2)" or "[3,4)"."""
+    match = _INT_LIST_RE.fullmatch(text)
+    if match is None:
+        return None
+    elements = match[2].split(",")
+    if any(len(e) > 100 or _LEADING_ZERO_RE.fullmatch(e) for e in elements):
+        return None  # huge, or "(1,000)", which may be a thousands separator
+    return match[1], tuple(int(e) for e in elements), match[3]
+
+
+def _decide_lists(answer: tuple, truth: tuple) -> bool | None:
+    if answer[::2] != truth[::2] or len(answer[1]) != len(truth[1]):
+        return None  # brackets or lengths differ: tuple vs interval semantics, math-verify decides
+    if answer[1] == truth[1]:
+        return True
+    if len(answer[1]) == 2 and not (answer[1][0] < answer[1][1] and truth[1][0] < truth[1][1]):
+        return None  # a degenerate interval such as [0,0) is empty: all of them are equal
+    return False
+
+
+def _canonical_int(text: str) -> str | None:
+    # Compared as digit strings: int() refuses more than 4,300 digits.
+    if not _INT_RE.fullmatch(text):
+        return None
+    sign = "-" if text.startswith("-") else ""
+    digits = text.lstrip("+-").replace(",", "").lstrip("0")
+    return sign + digits if digits else "0"
+
+
+@lru_cache(maxsize=4096)
+def _verify_cached(extracted: str, ground_truth: str) -> Reason:
+    return _verify(extracted, ground_truth)
+
+
+def _verify(extracted: str, ground_truth: str) -> Reason:
+    gold = _parse_cached(ground_truth) if len(ground_truth) <= _CACHE_MAX_CHARS else None
+    if gold is None:
+        gold = _parse(ground_truth)
+    predicted = _parse(extracted)
+    if not gold or not predicted:
+        return Reason.PARSE_ERROR
+    try:
+        same = verify(list(gold), list(predicted), timeout_seconds=None)
+    except Exception:  # math-verify swallows most errors itself; anything left is a parse failure
+        return Reason.PARSE_ERROR
+    if same:
+        return Reason.CORRECT
+    # math-verify falls back to the raw string when sympy cannot read an answer: such an
+    # answer (or ground truth) is not math we understood, which is not the same as wrong.
+    understood = all(any(not isinstance(x, str) for x in side) for side in (gold, predicted))
+    return Reason.WRONG if understood else Reason.PARSE_ERROR
+
+
+@lru_cache(maxsize=1024)
+def _parse_cached(answer: str) -> tuple:
+    return _parse(answer)
+
+
+def _parse(answer: str) -> tuple:
+    boxed = "\\boxed{" + strip_math_delimiters(answer) + "}"
+    try:
+        return tuple(parse(boxed, extraction_config=_EXTRACTION, parsing_timeout=None))
+    except Exception:
+        return ()
+
+
+def warm_up() -> None:
+    """Build math-verify's parsers once so a fresh worker's first item is not slow."""
+    grade_answer("so \\boxed{\\dfrac{1}{2}}", "0.5")
+    grade_answer("The answer is $x^2+1$.", "1+x^2")
