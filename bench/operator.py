@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,12 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_operator(kubeconfig: str, liveness_port: int) -> subprocess.Popen[bytes]:
@@ -122,7 +129,7 @@ def run(jobs: int, rate: float) -> dict[str, Any]:
     ]
     template = yaml.safe_load((REPO / "examples" / "math-distill.yaml").read_text())
     with FakeKube(crds=crds) as kube:
-        operator = start_operator(kube.kubeconfig, liveness_port=18765)
+        operator = start_operator(kube.kubeconfig, liveness_port=free_port())
         try:
             idle_rss = rss_mib(operator.pid)
             api = kube.api_client()

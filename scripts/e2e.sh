@@ -81,7 +81,8 @@ install_operator() {
     --set image.pullPolicy=Never
 }
 
-# A small job: one pod per role, a GPU only where the API requires one (rollout).
+# A small job: one pod per role, a GPU only where the API requires one (rollout), a small head
+# and grader.
 smoke_job() {
   cat <<EOF
 apiVersion: distill.dev/v1alpha1
@@ -94,10 +95,11 @@ spec:
   algorithm: {rolloutN: 2}
   training: {batchSize: 2, ppoMiniBatchSize: 2, totalSteps: 2}
   data: {train: /tmp/data/train.parquet}
-  grader: {replicas: 1, image: $TRAINER_IMAGE}
+  grader: {replicas: 1, cpu: 500m, memory: 512Mi, image: $TRAINER_IMAGE}
   image: $TRAINER_IMAGE
   ttlSecondsAfterFinished: 60
   resources:
+    head: {cpu: "1", memory: 2Gi}
     rollout: {replicas: 1, gpusPerReplica: 1, tensorParallelSize: 1, cpu: "1", memory: 2Gi}
     actor: {replicas: 1, gpusPerReplica: 0, cpu: "1", memory: 2Gi}
     teacher: {replicas: 1, gpusPerReplica: 0, cpu: "1", memory: 2Gi}
@@ -146,6 +148,12 @@ run_job() {
 
   log "waiting for phase $EXPECT (up to ${TIMEOUT}s)"
   wait_phase "$name"
+  "$KUBECTL" -n "$NS" wait dj "$name" --for=condition=Created --timeout=10s >/dev/null \
+    || fail "condition Created is not True"
+  if [ "$EXPECT" = "Succeeded" ] || [ "$EXPECT" = "Failed" ]; then
+    "$KUBECTL" -n "$NS" wait dj "$name" --for=condition="$EXPECT" --timeout=10s >/dev/null \
+      || fail "condition $EXPECT is not True"
+  fi
   "$KUBECTL" -n "$NS" get dj "$name" -o wide
   "$KUBECTL" -n "$NS" describe dj "$name" | sed -n '/^Events:/,$p'
   if [ "$EXPECT" = "Failed" ]; then

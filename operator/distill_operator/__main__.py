@@ -13,8 +13,8 @@ Serves kopf's liveness probe on :LIVENESS_PORT/healthz and Prometheus metrics on
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import random
 import sys
 
 import kopf
@@ -25,7 +25,6 @@ from distill_operator.apply import REQUEST_TIMEOUT_S, Kube, load_api_client
 from distill_operator.handlers import OperatorConfig, new_memo, register
 
 PREFIX = "distill.dev"
-logger = logging.getLogger("distill_operator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +87,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
         prefix=PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # kopf pauses every peer that does not hold the single highest priority, so replicas that
+    # all keep the default (0) would all pause. A random priority per process elects one.
+    settings.peering.priority = random.randint(1, 1_000_000)
     settings.posting.reporting_component = "distill-operator"
     settings.posting.reporting_instance = (
         os.environ.get("POD_ID") or os.environ.get("HOSTNAME") or "distill-operator"

@@ -93,6 +93,18 @@ class Kube:
         path = object_path(api_version, kind, namespace, name)
         return self._call("PATCH", path, patch, fieldManager=FIELD_MANAGER)
 
+    def patch_if_exists(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> bool:
+        """`patch`, except that a missing object is no error (returns False)."""
+        try:
+            self.patch(api_version, kind, namespace, name, patch)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._call("GET", object_path(api_version, kind, namespace, name))

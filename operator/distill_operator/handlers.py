@@ -7,7 +7,10 @@ handlers are registered at start-up rather than by import-time decorators):
 - distilljob_update: a changed spec (suspend, grader, ttl) reaches the owned objects;
 - rayjob_status_changed: every event of an owned RayJob -> DistillJob phase and conditions;
 - distilljob_progress: timer, while Running, scraping the trainer's metrics into the status;
-- distilljob_event: keeps the `distill_operator_jobs{phase}` gauge current.
+- distilljob_event: the `distill_operator_jobs{phase}` gauge; a finished job's grader to 0.
+
+Deletion needs no handler: owned objects go with their DistillJob through ownerReferences. The
+one finalizer is kopf's, on Running jobs only, so that it can stop the progress timer first.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from distill_operator.apply import Kube, OwnedByAnother
 from distill_operator.builders import build_children
 from distill_operator.builders.labels import JOB_LABEL
 from distill_operator.builders.names import grader_name, rayjob_name
+from distill_operator.builders.rayjob import rayjob_mutable_spec
 from distill_operator.metrics import SCRAPE_ERRORS, PhaseTracker, instrumented
 from distill_operator.status import (
     FINISHED_PHASES,
@@ -43,6 +47,7 @@ from distill_operator.status import (
     PhaseReport,
     changed_fields,
     phase_of,
+    phase_reason,
     phase_status,
     set_condition,
 )
@@ -100,9 +105,7 @@ def _ensure_children(job: DistillJob, kube: Kube, logger: kopf.Logger) -> None:
     """
     owner_uid = (job.metadata.model_extra or {})["uid"]
     for obj in build_children(job):
-        update = None
-        if obj["kind"] == "RayJob":
-            update = {"spec": {"suspend": job.spec.suspend, **_rayjob_mutable(job)}}
+        update = {"spec": rayjob_mutable_spec(job)} if obj["kind"] == "RayJob" else None
         try:
             outcome = kube.ensure(obj, owner_uid, update)
         except OwnedByAnother as error:
@@ -112,8 +115,15 @@ def _ensure_children(job: DistillJob, kube: Kube, logger: kopf.Logger) -> None:
         logger.info("%s %s/%s %s", obj["kind"], job.metadata.namespace, name, outcome)
 
 
-def _rayjob_mutable(job: DistillJob) -> dict[str, Any]:
-    return {"ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished}
+def _warn_if_suspend_ignored(body: kopf.Body, job: DistillJob) -> None:
+    """Kueue owns a queued RayJob's `suspend` (it would undo ours): say so instead of failing."""
+    if job.spec.suspend and job.spec.queue_name:
+        kopf.warn(
+            body,
+            reason="SuspendIgnored",
+            message=f"spec.suspend has no effect on a job queued in {job.spec.queue_name}: "
+            "Kueue suspends and resumes it; deactivate its Kueue Workload to stop it",
+        )
 
 
 def _clear_invalid_spec(body: Mapping[str, Any], kube: Kube) -> None:
@@ -139,6 +149,7 @@ def distilljob_create(
     job = read_job(body, patch)
     _clear_invalid_spec(body, memo.kube)
     _ensure_children(job, memo.kube, logger)
+    _warn_if_suspend_ignored(body, job)
     patch.status.update(
         observedGeneration=body["metadata"]["generation"], rayJobName=rayjob_name(job.metadata.name)
     )
@@ -161,11 +172,19 @@ def distilljob_resume(
 
 @instrumented("distilljob_update")
 def distilljob_update(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    old: Mapping[str, Any] | None,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
+    """A spec change; the CRD's transition rules let only suspend, grader and ttl change."""
     job = read_job(body, patch)
     _clear_invalid_spec(body, memo.kube)
     _ensure_children(job, memo.kube, logger)
+    if (old or {}).get("suspend", False) != job.spec.suspend:
+        _warn_if_suspend_ignored(body, job)
     patch.status.update(observedGeneration=body["metadata"]["generation"])
 
 
@@ -177,12 +196,15 @@ def _owner_of(rayjob: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def _announce(distilljob: Mapping[str, Any], report: PhaseReport) -> None:
-    message = report.message or f"DistillJob is {report.phase.value}"
+def _announce(distilljob: Mapping[str, Any], report: PhaseReport, new_phase: bool) -> None:
+    """An Event named after the new phase, or after the new reason within the same phase
+    (`RayJobInitializing`, `TrainerSubmitted`, `WaitingForAdmission`); failures are Warnings."""
+    message = report.message or f"DistillJob is {report.phase.value} ({report.reason})"
     if report.phase == JobPhase.FAILED:
         kopf.warn(distilljob, reason=report.reason, message=message)
     else:
-        kopf.info(distilljob, reason=report.phase.value, message=message)
+        reason = report.phase.value if new_phase else report.reason
+        kopf.info(distilljob, reason=reason, message=message)
 
 
 @instrumented("rayjob_status_changed")
@@ -203,16 +225,13 @@ def rayjob_status_changed(
     if not delta:
         return
     memo.kube.patch_distilljob_status(namespace, owner["name"], delta)
-    if previous.get("phase") == report.phase.value:
+    new_phase = previous.get("phase") != report.phase.value
+    if not new_phase and phase_reason(previous) == report.reason:
         return
     logger.info(
         "DistillJob %s/%s is %s (%s)", namespace, owner["name"], report.phase.value, report.reason
     )
-    _announce(distilljob, report)
-    if report.phase in FINISHED_PHASES:
-        # A finished job needs no grader (builders.grader_replicas agrees); keep it for its logs.
-        grader = grader_name(owner["name"])
-        memo.kube.patch("apps/v1", "Deployment", namespace, grader, {"spec": {"replicas": 0}})
+    _announce(distilljob, report, new_phase)
 
 
 @instrumented("distilljob_progress")
@@ -241,10 +260,31 @@ def distilljob_progress(
         patch.status.update(delta)
 
 
+@instrumented("distilljob_event")
 def distilljob_event(
-    type: str | None, uid: str, status: kopf.Status, memo: kopf.Memo, **_: Any
+    type: str | None,
+    uid: str,
+    name: str,
+    namespace: str,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
-    memo.phases.observe(uid, status.get("phase"), deleted=type == "DELETED")
+    """Every DistillJob event: the phase gauge, and no grader for a job that just finished.
+
+    The grader is scaled here, in the DistillJob's own worker, not by the RayJob watcher: kopf
+    runs one DistillJob's handlers one after another, so a create/resume/update that applied an
+    older phase's replicas cannot overwrite this later write (builders.grader_replicas agrees).
+    """
+    phase = status.get("phase")
+    previous = memo.phases.observe(uid, phase, deleted=type == "DELETED")
+    if type != "DELETED" and phase != previous and phase in FINISHED_PHASES:
+        # Kept at zero replicas rather than deleted: its Service and logs stay for inspection.
+        # (A job that failed validation never had one.)
+        grader, patch = grader_name(name), {"spec": {"replicas": 0}}
+        if memo.kube.patch_if_exists("apps/v1", "Deployment", namespace, grader, patch):
+            logger.info("Grader of %s/%s scaled to 0: the job is %s", namespace, name, phase)
 
 
 def _is_running(status: kopf.Status, **_: Any) -> bool:

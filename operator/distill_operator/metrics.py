@@ -66,13 +66,18 @@ class PhaseTracker:
         for phase in JobPhase:
             gauge.labels(phase.value).set(0)
 
-    def observe(self, uid: str, phase: str | None, deleted: bool = False) -> None:
-        """A job's phase as last seen (None: not reported yet, counted as Pending)."""
+    def observe(self, uid: str, phase: str | None, deleted: bool = False) -> str | None:
+        """Record a job's phase (None: not reported yet, counted as Pending).
+
+        Returns the phase recorded before, None for a job not seen yet by this process.
+        """
         with self._lock:
             if deleted:
-                self._phases.pop(uid, None)
+                previous = self._phases.pop(uid, None)
             else:
+                previous = self._phases.get(uid)
                 self._phases[uid] = phase or JobPhase.PENDING.value
             counts = Tally(self._phases.values())
             for label in {*counts, *(p.value for p in JobPhase)}:
                 self._gauge.labels(label).set(counts.get(label, 0))
+        return previous

@@ -5,8 +5,9 @@ per type; `lastTransitionTime` changes only when `status` flips, while reason, m
 observedGeneration are refreshed on every update.
 
 KubeRay reports two fields: `jobDeploymentStatus` (the RayJob's own lifecycle: "" (new),
-Initializing, Running, Complete, Failed, Suspending, Suspended, Retrying, Waiting) and `jobStatus`
-(the Ray job: PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED).
+Initializing, Running, Complete, Failed, ValidationFailed, Suspending, Suspended, Retrying,
+Waiting) and `jobStatus` (the Ray job: PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED); a RayJob
+has no conditions of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from distill_api import JobPhase
+from distill_operator.builders.labels import KUEUE_QUEUE_LABEL
 
 # One condition per phase that a user waits on (`kubectl wait --for=condition=Succeeded dj/x`).
 PHASE_CONDITIONS = {
@@ -26,6 +28,7 @@ PHASE_CONDITIONS = {
     "Failed": JobPhase.FAILED,
 }
 SPEC_VALID = "SpecValid"
+CREATED = "Created"  # True once the RayJob (the last owned object built) exists
 FINISHED_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED})
 
 
@@ -33,6 +36,7 @@ class PhaseReport(NamedTuple):
     phase: JobPhase
     reason: str
     message: str
+    end_time: str | None = None  # KubeRay's status.endTime of a finished RayJob
 
 
 def format_time(moment: dt.datetime) -> str:
@@ -52,12 +56,19 @@ def phase_of(rayjob: Mapping[str, Any]) -> PhaseReport:
     deployment = status.get("jobDeploymentStatus") or ""
     ray_status = status.get("jobStatus") or ""
     message = status.get("message") or ""
-    if deployment in ("Complete", "Failed") or ray_status in ("SUCCEEDED", "FAILED", "STOPPED"):
-        if ray_status == "SUCCEEDED" and deployment != "Failed":
-            return PhaseReport(JobPhase.SUCCEEDED, "TrainingSucceeded", message)
-        reason = status.get("reason") or f"RayJob{(ray_status or deployment).title()}"
-        return PhaseReport(JobPhase.FAILED, as_reason(reason), message or "the Ray job failed")
+    rejected = deployment in ("Failed", "ValidationFailed")  # KubeRay gave up on the RayJob
+    if rejected or deployment == "Complete" or ray_status in ("SUCCEEDED", "FAILED", "STOPPED"):
+        end_time = status.get("endTime")
+        if ray_status == "SUCCEEDED" and not rejected:
+            return PhaseReport(JobPhase.SUCCEEDED, "TrainingSucceeded", message, end_time)
+        fallback = f"RayJob{ray_status.title() if ray_status and not rejected else deployment}"
+        reason = as_reason(status.get("reason") or fallback)
+        return PhaseReport(JobPhase.FAILED, reason, message or "the Ray job failed", end_time)
     if deployment in ("Suspending", "Suspended") or (rayjob.get("spec") or {}).get("suspend"):
+        queue = (rayjob.get("metadata") or {}).get("labels", {}).get(KUEUE_QUEUE_LABEL)
+        if queue:  # suspended by Kueue: not admitted yet, or preempted and queued again
+            waiting = message or f"waiting for Kueue to admit it from LocalQueue {queue}"
+            return PhaseReport(JobPhase.PENDING, "WaitingForAdmission", waiting)
         return PhaseReport(JobPhase.SUSPENDED, f"RayJob{deployment or 'Suspended'}", message)
     if deployment == "Running" and ray_status == "RUNNING":
         return PhaseReport(JobPhase.RUNNING, "TrainerRunning", message)
@@ -100,12 +111,15 @@ def phase_status(
     now: dt.datetime,
     generation: int | None,
 ) -> dict[str, Any]:
-    """The status fields a phase owns: phase, its conditions, start and completion times.
+    """The status fields the RayJob decides: phase, conditions, start and completion times.
 
-    `generation` (the DistillJob's, when the RayJob changed) goes into each condition's
-    observedGeneration; the top-level observedGeneration belongs to the spec handlers.
+    Called for an existing RayJob, so `Created` is True. `generation` (the DistillJob's, when
+    the RayJob changed) goes into each condition's observedGeneration; the top-level
+    observedGeneration belongs to the spec handlers.
     """
-    conditions: list[dict[str, Any]] = [dict(c) for c in previous.get("conditions") or []]
+    conditions = set_condition(
+        previous.get("conditions") or [], CREATED, True, "RayJobCreated", "", now, generation
+    )
     for condition_type, phase in PHASE_CONDITIONS.items():
         conditions = set_condition(
             conditions,
@@ -120,8 +134,15 @@ def phase_status(
     if report.phase == JobPhase.RUNNING and not previous.get("startTime"):
         status["startTime"] = format_time(now)
     if report.phase in FINISHED_PHASES and not previous.get("completionTime"):
-        status["completionTime"] = format_time(now)
+        # KubeRay's end time where it has one: right even when the operator was down then.
+        status["completionTime"] = report.end_time or format_time(now)
     return status
+
+
+def phase_reason(status: Mapping[str, Any]) -> str | None:
+    """The reason of the current phase (every phase condition carries it), None before any."""
+    conditions = status.get("conditions") or []
+    return next((c["reason"] for c in conditions if c.get("type") in PHASE_CONDITIONS), None)
 
 
 def changed_fields(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Fixtures for the operator tests: DistillJob bodies as the API server hands them to kopf, and
-validators for what the builders emit.
+"""Fixtures for the operator tests: DistillJob bodies as the API server hands them to kopf,
+validators for what the builders emit, and the real operator process against FakeKube (`cluster`:
+one fake API server and one operator shared by the integration modules).
 
 `pytest tests/operator --update-golden` rewrites tests/operator/golden/*.yaml from the builders
 (review the diff by hand before committing it).
@@ -28,9 +29,12 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import jsonschema
+import kubernetes
 import kubernetes_validate
 import pytest
 import yaml
+from fakekube import FakeKube
+from fakekube.fixtures import crd_paths
 from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -209,6 +213,11 @@ class OperatorProcess:
     def log_lines(self) -> list[str]:
         return self.log_path.read_text().splitlines()
 
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies or the OOM killer strikes."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -242,7 +251,7 @@ def start_operator(kubeconfig: str, log_dir: Path, *extra: str) -> OperatorProce
     return operator
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trainer_metrics() -> Iterator[TrainerMetrics]:
     trainers = TrainerMetrics()
     yield trainers
@@ -267,9 +276,107 @@ def operator_factory(tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]
     yield from _operator_starter(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def module_operator_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., OperatorProcess]]:
-    """The same, for an operator shared by a module's tests."""
-    yield from _operator_starter(tmp_path_factory.mktemp("operator-logs"))
+# -- one API server and one operator for the integration modules -----------------------------
+
+NS = "default"
+DJ = ("distill.dev", "v1alpha1", "distilljobs")
+RAYJOB = ("ray.io", "v1", "rayjobs")
+KINDS = {
+    "ConfigMap": ("", "v1", "configmaps"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "RayJob": RAYJOB,
+}
+
+
+class Cluster:
+    """What a user (kubectl) and KubeRay would do, through the kubernetes client."""
+
+    def __init__(self, kube: FakeKube, operator: OperatorProcess | None = None) -> None:
+        self.kube = kube
+        self.operator = operator
+        self.custom = kubernetes.client.CustomObjectsApi(kube.api_client())
+
+    def create_job(self, body: Body) -> Body:
+        body["metadata"].pop("uid", None)
+        body["metadata"].pop("generation", None)
+        return self.custom.create_namespaced_custom_object(*DJ[:2], NS, DJ[2], body)
+
+    def new_job(self, name: str, file: str = "math-distill.yaml", **overrides: Any) -> Body:
+        """Create a DistillJob from an example and wait until its RayJob exists."""
+        created = self.create_job(_example_body(file, NS, metadata__name=name, **overrides))
+        self.kube.wait_for(lambda: self.child("RayJob", name), timeout=30)
+        return created
+
+    def job(self, name: str) -> Body:
+        return self.kube.get(*DJ, NS, name) or {}
+
+    def patch_spec(self, name: str, spec: Body) -> Body:
+        return self.custom.patch_namespaced_custom_object(*DJ[:2], NS, DJ[2], name, {"spec": spec})
+
+    def delete_job(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(*DJ[:2], NS, DJ[2], name)
+
+    def kuberay_reports(self, name: str, **status: Any) -> None:
+        """Write the RayJob's status as KubeRay would."""
+        self.custom.patch_namespaced_custom_object_status(
+            *RAYJOB[:2], NS, RAYJOB[2], name, {"status": status}
+        )
+
+    def kueue_sets(self, name: str, suspend: bool) -> None:
+        """Suspend or admit a queued RayJob as Kueue would."""
+        patch = {"spec": {"suspend": suspend}}
+        self.custom.patch_namespaced_custom_object(*RAYJOB[:2], NS, RAYJOB[2], name, patch)
+
+    def child(self, kind: str, name: str) -> Body | None:
+        return self.kube.get(*KINDS[kind], NS, name)
+
+    def wait_job(self, name: str, check: Callable[[Body], Any], timeout: float = 20) -> Body:
+        """Wait until check(status) is truthy; returns the status."""
+        return self.kube.wait_for(
+            lambda: check(status := self.job(name).get("status") or {}) and status, timeout
+        )
+
+    def wait_phase(self, name: str, phase: str) -> Body:
+        return self.wait_job(name, lambda s: s.get("phase") == phase)
+
+    def events(self, name: str) -> list[Body]:
+        return [
+            e
+            for e in self.kube.list("", "v1", "events", NS)
+            if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "DistillJob"
+        ]
+
+    def wait_event(self, name: str, reason: str) -> Body:
+        return self.kube.wait_for(
+            lambda: next((e for e in self.events(name) if e["reason"] == reason), None)
+        )
+
+
+def condition(status: Body, condition_type: str) -> Body:
+    """One condition of a DistillJob status ({} when absent)."""
+    return next((c for c in status.get("conditions", []) if c["type"] == condition_type), {})
+
+
+@pytest.fixture
+def conditions() -> Callable[[Body, str], Body]:
+    return condition
+
+
+@pytest.fixture(scope="session")
+def live_kube(repo_root: Path, shared_schemas: Path) -> Iterator[FakeKube]:
+    """FakeKube validating DistillJobs with the generated CRD and RayJobs with KubeRay's."""
+    with FakeKube(crds=crd_paths(repo_root, shared_schemas)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    live_kube: FakeKube, trainer_metrics: TrainerMetrics, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """The shared operator (progress every 0.3 s from `trainer_metrics`) on `live_kube`."""
+    starter = _operator_starter(tmp_path_factory.mktemp("operator-logs"))
+    start = next(starter)
+    args = ["--progress-interval", "0.3", "--progress-url-template", trainer_metrics.url_template]
+    yield Cluster(live_kube, start(live_kube.kubeconfig, *args))
+    next(starter, None)

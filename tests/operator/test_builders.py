@@ -4,6 +4,7 @@ unless the golden snapshots are regenerated on purpose (`pytest tests/operator -
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from distill_api import load_job
+from distill_api import DistillJob, load_job
 from distill_operator.builders import build_children
 from distill_operator.builders.configmap import JOB_FILE_DIR, JOB_FILE_KEY
+from distill_operator.builders.grader import MAX_GRADER_WORKERS, grader_workers
+from distill_operator.builders.rayjob import rayjob_mutable_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 LONG_NAME = "qwen2-5-1-5b-from-qwen2-5-7b-instruct-on-math-with-gae-critic"
@@ -21,8 +24,9 @@ LONG_NAME = "qwen2-5-1-5b-from-qwen2-5-7b-instruct-on-math-with-gae-critic"
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "math-distill": ("math-distill.yaml", {}),
     "math-rl-baseline": ("math-rl-baseline.yaml", {}),
-    # gae adds a critic group; a long name, Kueue, a suspended start and a separate grader image.
-    "gae-kueue-suspended": (
+    # gae adds a critic group; a long name, Kueue (which owns `suspend`, so the asked-for suspend
+    # is not written) and a separate grader image.
+    "gae-kueue": (
         "math-distill.yaml",
         {
             "metadata__name": LONG_NAME,
@@ -35,12 +39,38 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
             "spec__checkpoint__secretRef": None,
         },
     ),
+    # Created suspended without Kueue; a small head and grader; 4 GPUs = 2 vLLM engines of TP 2.
+    "suspended-small": (
+        "math-distill.yaml",
+        {
+            "spec__suspend": True,
+            "spec__resources__head": {"cpu": "1", "memory": "4Gi"},
+            "spec__resources__rollout__gpusPerReplica": 4,
+            "spec__grader": {"replicas": 3, "cpu": "1500m", "memory": "1Gi"},
+        },
+    ),
 }
 
 
-def children(example_body: Callable[..., dict[str, Any]], case: str) -> dict[str, dict[str, Any]]:
+class _GoldenDumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's job.json) as literal blocks, readable in a diff."""
+
+
+_GoldenDumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    ),
+)
+
+
+def job_of(example_body: Callable[..., dict[str, Any]], case: str) -> DistillJob:
     file, overrides = CASES[case]
-    built = build_children(load_job(example_body(file, **overrides)))
+    return load_job(example_body(file, **overrides))
+
+
+def children(example_body: Callable[..., dict[str, Any]], case: str) -> dict[str, dict[str, Any]]:
+    built = build_children(job_of(example_body, case))
     return {f"{obj['kind']}/{obj['metadata']['name']}": obj for obj in built}
 
 
@@ -62,7 +92,8 @@ def pod_templates(objs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden_snapshot(case: str, example_body, update_golden: bool) -> None:
-    rendered = yaml.safe_dump_all(children(example_body, case).values(), sort_keys=False)
+    objs = children(example_body, case).values()
+    rendered = yaml.dump_all(objs, Dumper=_GoldenDumper, sort_keys=False)
     path = GOLDEN / f"{case}.yaml"
     if update_golden:
         path.write_text(rendered)
@@ -83,8 +114,8 @@ def test_manifests_pass_the_schemas(case, example_body, validate_rayjob, validat
     ("case", "groups"),
     [
         ("math-distill", ["rollout", "actor", "teacher"]),
-        ("math-rl-baseline", ["rollout", "actor"]),
-        ("gae-kueue-suspended", ["rollout", "actor", "teacher", "critic"]),
+        ("math-rl-baseline", ["rollout", "actor"]),  # KL off: no teacher
+        ("gae-kueue", ["rollout", "actor", "teacher", "critic"]),  # gae: a critic
     ],
 )
 def test_one_worker_group_per_role_advertising_its_ray_resource(case, groups, example_body) -> None:
@@ -92,19 +123,74 @@ def test_one_worker_group_per_role_advertising_its_ray_resource(case, groups, ex
         "workerGroupSpecs"
     ]
     assert [g["groupName"] for g in workers] == groups
+    assert len(workers) <= 17  # Kueue's webhook rejects RayJobs with more worker groups
     for group in workers:
+        # rayStartParams are strings; the resources map is JSON quoted once more for the shell.
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
         advertised = json.loads(json.loads(group["rayStartParams"]["resources"]))
         assert advertised == {group["groupName"]: 1}
         assert group["minReplicas"] == group["maxReplicas"] == group["replicas"]
+        assert group["template"]["spec"]["containers"]
 
 
-def test_worker_resources_come_from_the_spec(example_body) -> None:
-    objs = children(example_body, "gae-kueue-suspended")
+def _limits(template: dict[str, Any]) -> dict[str, str]:
+    return template["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_pod_resources_come_from_the_spec(example_body) -> None:
+    objs = children(example_body, "gae-kueue")
     workers = by_kind(objs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     critic = next(g for g in workers if g["groupName"] == "critic")
     assert critic["replicas"] == 2
-    limits = critic["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    assert _limits(critic["template"]) == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+
+    cluster = by_kind(children(example_body, "suspended-small"), "RayJob")["spec"]
+    cluster = cluster["rayClusterSpec"]
+    assert _limits(cluster["headGroupSpec"]["template"]) == {"cpu": "1", "memory": "4Gi"}
+    assert cluster["headGroupSpec"]["rayStartParams"] == {"dashboard-host": "0.0.0.0"}
+    # A rollout pod gets all its GPUs (KubeRay sets num-gpus from the limit); the trainer runs
+    # gpusPerReplica / tensorParallelSize = 2 engines on it, reading both from the job spec.
+    rollout = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "rollout")
+    assert _limits(rollout["template"])["nvidia.com/gpu"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("cpu", "workers"), [("500m", 1), ("1", 1), ("1500m", 1), ("2.5", 2), ("16", 16), ("1k", 64)]
+)
+def test_grader_workers_follow_its_cpu(cpu: str, workers: int) -> None:
+    assert grader_workers(cpu) == workers
+
+
+def test_grader_workers_stay_within_what_the_grader_accepts() -> None:
+    from distill_grader.config import GraderSettings
+
+    bounds = {type(m).__name__: m for m in GraderSettings.model_fields["workers"].metadata}
+    assert (bounds["Ge"].ge, bounds["Le"].le) == (1, MAX_GRADER_WORKERS)
+
+
+def test_grader_pod_resources_probes_and_ports(example_body) -> None:
+    objs = children(example_body, "suspended-small")
+    pod = by_kind(objs, "Deployment")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert _limits(pod) == {"cpu": "1500m", "memory": "1Gi"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["GRADER_WORKERS"] == "1"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # One port for grading and /metrics, the one the Service exposes.
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert by_kind(objs, "Service", "-grader")["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_rayjob_runs_the_trainer_once_and_cleans_up(example_body) -> None:
+    rayjob = by_kind(children(example_body, "math-distill"), "RayJob")["spec"]
+    assert rayjob["entrypoint"] == (
+        "python -m distill_trainer run /etc/distill/job.json --backend ray "
+        "--metrics-port 9400 --output-dir /tmp/distill"
+    )
+    assert (rayjob["shutdownAfterJobFinishes"], rayjob["ttlSecondsAfterFinished"]) == (True, 3600)
+    assert rayjob["backoffLimit"] == 0
+    assert rayjob["submissionMode"] == "K8sJobMode"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -158,7 +244,7 @@ def test_head_env_points_at_the_grader_and_checkpoint_secret(example_body) -> No
 
 
 def test_long_names_stay_consistent_between_env_and_services(example_body) -> None:
-    objs = children(example_body, "gae-kueue-suspended")
+    objs = children(example_body, "gae-kueue")
     rayjob = by_kind(objs, "RayJob")
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in head["env"]}
@@ -189,7 +275,7 @@ def test_spec_configmap_round_trips_and_is_mounted(example_body) -> None:
 
 
 def test_owner_reference_and_only_our_labels(example_body) -> None:
-    for obj in children(example_body, "gae-kueue-suspended").values():
+    for obj in children(example_body, "gae-kueue").values():
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner["kind"] == "DistillJob" and owner["name"] == LONG_NAME
         assert owner["controller"] is True and owner["uid"]
@@ -199,15 +285,28 @@ def test_owner_reference_and_only_our_labels(example_body) -> None:
         assert queue == ("team-math" if obj["kind"] == "RayJob" else None)
 
 
-def test_suspend_reaches_rayjob_and_grader(example_body) -> None:
-    suspended = children(example_body, "gae-kueue-suspended")
-    rayjob = by_kind(suspended, "RayJob")["spec"]
-    assert rayjob["suspend"] is True and rayjob["shutdownAfterJobFinishes"] is True
+def test_suspend_reaches_rayjob_and_grader_unless_kueue_owns_it(example_body) -> None:
+    suspended = children(example_body, "suspended-small")
+    rayjob = by_kind(suspended, "RayJob")
+    # KubeRay accepts suspend only with shutdownAfterJobFinishes.
+    assert rayjob["spec"]["suspend"] is True and rayjob["spec"]["shutdownAfterJobFinishes"] is True
     assert by_kind(suspended, "Deployment")["spec"]["replicas"] == 0
+    assert rayjob_mutable_spec(job_of(example_body, "suspended-small")) == {
+        "ttlSecondsAfterFinished": 3600,
+        "suspend": True,
+    }
 
     running = children(example_body, "math-distill")
-    assert "suspend" not in by_kind(running, "RayJob")["spec"]  # left to Kueue when present
+    assert "suspend" not in by_kind(running, "RayJob")["spec"]
     assert by_kind(running, "Deployment")["spec"]["replicas"] == 2
+
+    # Queued: Kueue's webhook suspends the RayJob and Kueue admits it; writing suspend (either
+    # way) would fight it, so the RayJob never carries one and the grader stays up.
+    queued = children(example_body, "gae-kueue")
+    assert "suspend" not in by_kind(queued, "RayJob")["spec"]
+    assert by_kind(queued, "Deployment")["spec"]["replicas"] == 2
+    mutable = rayjob_mutable_spec(job_of(example_body, "gae-kueue"))
+    assert mutable == {"ttlSecondsAfterFinished": 3600}
 
 
 def test_finished_job_scales_the_grader_to_zero(example_body) -> None:
@@ -229,3 +328,21 @@ def test_schema_check_catches_fields_kuberay_would_drop(example_body, validate_r
     head["template"]["spec"]["containers"][0]["securityContex"] = {}  # a typo
     with pytest.raises(AssertionError, match=r"containers\[0\]\.securityContex"):
         validate_rayjob(rayjob)
+
+
+def test_the_e2e_smoke_job_is_valid_and_builds(repo_root, validate_rayjob) -> None:
+    """scripts/e2e.sh runs on a real cluster only by hand: keep its job in step with the API."""
+    script = repo_root / "scripts" / "e2e.sh"
+    printed = subprocess.run(
+        ["bash", "-c", f'source <(sed -n "/^smoke_job()/,/^}}/p" {script}); smoke_job'],
+        env={"TRAINER_IMAGE": "rayproject/ray:2.41.0-py311-cpu", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    body = yaml.safe_load(printed)
+    body["metadata"].update(namespace="distill-e2e", uid="e2e-uid")
+    rayjob = next(o for o in build_children(load_job(body)) if o["kind"] == "RayJob")
+    validate_rayjob(rayjob)
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert _limits(head) == {"cpu": "1", "memory": "2Gi"}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import kopf
 import pytest
 import yaml
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from distill_operator import rbac
-from distill_operator.__main__ import parse_args
+from distill_operator.__main__ import configure_settings, parse_args
 from distill_operator.metrics import PhaseTracker, instrumented
 
 
@@ -42,12 +43,12 @@ def test_phase_tracker_counts_current_phases() -> None:
     def jobs(phase: str) -> float:
         return registry.get_sample_value("jobs", {"phase": phase})
 
-    tracker.observe("a", None)
+    assert tracker.observe("a", None) is None  # not seen before
     tracker.observe("b", "Running")
     tracker.observe("c", "Running")
     assert (jobs("Pending"), jobs("Running"), jobs("Failed")) == (1, 2, 0)
-    tracker.observe("b", "Succeeded")
-    tracker.observe("c", "Running", deleted=True)
+    assert tracker.observe("b", "Succeeded") == "Running"
+    assert tracker.observe("c", "Running", deleted=True) == "Running"
     assert (jobs("Running"), jobs("Succeeded")) == (0, 1)
 
 
@@ -86,3 +87,14 @@ def test_command_line_defaults_and_choices() -> None:
         parse_args(["--peering", "x", "--standalone"])
     with pytest.raises(SystemExit):
         parse_args(["--namespace", "a", "--all-namespaces"])
+
+
+def test_replicas_get_distinct_peering_priorities() -> None:
+    """kopf pauses peers without the single highest priority: equal priorities pause them all."""
+    priorities = set()
+    for _ in range(5):
+        settings = kopf.OperatorSettings()
+        configure_settings(settings)
+        assert settings.peering.priority > 0
+        priorities.add(settings.peering.priority)
+    assert len(priorities) > 1

@@ -11,6 +11,7 @@ from distill_operator.status import (
     as_reason,
     changed_fields,
     phase_of,
+    phase_reason,
     phase_status,
     set_condition,
 )
@@ -40,6 +41,9 @@ def rayjob(deployment: str = "", job: str = "", suspend: bool = False, **status:
         (rayjob("Complete", "STOPPED"), JobPhase.FAILED, "RayJobStopped"),
         (rayjob("Failed", reason="DeadlineExceeded"), JobPhase.FAILED, "DeadlineExceeded"),
         (rayjob("Failed", "SUCCEEDED", reason="AppFailed"), JobPhase.FAILED, "AppFailed"),
+        (rayjob("ValidationFailed"), JobPhase.FAILED, "RayJobValidationFailed"),
+        (rayjob("Running", "SUCCEEDED"), JobPhase.SUCCEEDED, "TrainingSucceeded"),
+        (rayjob("Waiting"), JobPhase.PENDING, "RayJobWaiting"),
         (rayjob("Suspending"), JobPhase.SUSPENDED, "RayJobSuspending"),
         (rayjob("Suspended"), JobPhase.SUSPENDED, "RayJobSuspended"),
         (rayjob("", suspend=True), JobPhase.SUSPENDED, "RayJobSuspended"),
@@ -50,6 +54,17 @@ def rayjob(deployment: str = "", job: str = "", suspend: bool = False, **status:
 def test_phase_of_rayjob(body: dict, phase: JobPhase, reason: str) -> None:
     report = phase_of(body)
     assert (report.phase, report.reason) == (phase, reason)
+
+
+def test_kueue_suspension_is_a_wait_for_admission_not_a_user_suspend() -> None:
+    queued = rayjob("Suspended", suspend=True)
+    queued["metadata"] = {"labels": {"kueue.x-k8s.io/queue-name": "team-math"}}
+    report = phase_of(queued)
+    assert (report.phase, report.reason) == (JobPhase.PENDING, "WaitingForAdmission")
+    assert "LocalQueue team-math" in report.message
+    # Admitted (Kueue unsuspended it) and running: an ordinary Running job.
+    queued.update(rayjob("Running", "RUNNING"))
+    assert phase_of(queued).phase == JobPhase.RUNNING
 
 
 def test_failure_message_is_passed_on() -> None:
@@ -98,6 +113,7 @@ def test_phase_status_through_a_whole_run() -> None:
     assert pending["phase"] == "Pending"
     by_type = {c["type"]: c["status"] for c in pending["conditions"]}
     assert by_type == {
+        "Created": "True",  # the RayJob exists: it is what reported this status
         "Running": "False",
         "Suspended": "False",
         "Succeeded": "False",
@@ -105,7 +121,9 @@ def test_phase_status_through_a_whole_run() -> None:
     }
     assert "startTime" not in pending
 
+    assert phase_reason(pending) == "RayJobCreated" and phase_reason({}) is None
     running = phase_status(phase_of(rayjob("Running", "RUNNING")), pending, T1, 1)
+    assert phase_reason(running) == "TrainerRunning"
     assert running["startTime"] == "2025-03-01T12:05:00Z"
     changed = changed_fields(running, pending)
     assert set(changed) == {"phase", "conditions", "startTime"}
@@ -118,6 +136,12 @@ def test_phase_status_through_a_whole_run() -> None:
     assert "startTime" not in done  # already set: not part of the patch
     # The whole status validates against the API model (and so the CRD's schema).
     DistillJobStatus.model_validate({**running, **done})
+
+
+def test_completion_time_is_kuberays_end_time_when_known() -> None:
+    finished = rayjob("Complete", "SUCCEEDED", endTime="2025-03-01T11:58:00Z")
+    status = phase_status(phase_of(finished), {}, T2, 1)
+    assert status["completionTime"] == "2025-03-01T11:58:00Z"  # not T2, when it was noticed
 
 
 def test_same_rayjob_status_twice_is_no_patch() -> None:

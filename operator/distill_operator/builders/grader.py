@@ -2,12 +2,16 @@
 
 The trainer posts (response, answer) batches to it at DISTILL_GRADER_URL. Its replicas follow
 spec.grader.replicas while the job can still train, and drop to zero when the job is suspended or
-finished, so an idle grader holds no CPU.
+finished, so an idle grader holds no CPU. One port, `http`, serves grading, the probes
+(`/healthz` liveness, `/readyz` readiness: every grading worker is up) and `/metrics`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 from distill_api import DistillJob, JobPhase
 from distill_operator.builders.labels import GRADER, common_labels, selector_labels
@@ -23,39 +27,53 @@ from distill_operator.builders.pods import (
 )
 
 GRADER_PORT = 8000
-GRADER_CPU = "2"  # math-verify is CPU-bound; the pool uses one process per core
-GRADER_MEMORY = "2Gi"
+# distill_grader's GraderSettings.workers accepts 1..64 (a test keeps the two in step).
+MAX_GRADER_WORKERS = 64
 _FINISHED = {JobPhase.SUCCEEDED, JobPhase.FAILED}
 
 
 def grader_replicas(job: DistillJob) -> int:
+    """spec.grader.replicas, or 0 once nothing will be graded (suspended or finished).
+
+    A queued job keeps its grader: Kueue, not spec.suspend, decides when it runs.
+    """
     finished = job.status is not None and job.status.phase in _FINISHED
-    return 0 if job.spec.suspend or finished else job.spec.grader.replicas
+    suspended = job.spec.suspend and not job.spec.queue_name
+    return 0 if suspended or finished else job.spec.grader.replicas
 
 
-def _metrics_probe(failure_threshold: int) -> dict[str, Any]:
-    """/metrics answers as soon as the HTTP server is up, without grading anything."""
+def grader_workers(cpu: str) -> int:
+    """One grading process per whole CPU of the pod's limit (math-verify is CPU-bound)."""
+    return max(1, min(MAX_GRADER_WORKERS, math.floor(parse_quantity(cpu))))
+
+
+def _probe(path: str, failure_threshold: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": "/metrics", "port": "http"},
+        "httpGet": {"path": path, "port": "http"},
         "periodSeconds": 10,
+        "timeoutSeconds": 5,
         "failureThreshold": failure_threshold,
     }
 
 
 def grader_container(job: DistillJob) -> dict[str, Any]:
+    grader = job.spec.grader
     return {
         "name": "grader",
-        "image": job.spec.grader.image or job.spec.image,
+        "image": grader.image or job.spec.image,
         "command": ["python", "-m", "distill_grader", "--port", str(GRADER_PORT)],
         "ports": [{"name": "http", "containerPort": GRADER_PORT, "protocol": "TCP"}],
         "env": [
             {"name": "DISTILL_JOB_NAME", "value": job.metadata.name},
-            {"name": "GRADER_ITEM_TIMEOUT_S", "value": str(job.spec.grader.timeout_seconds)},
+            {"name": "GRADER_ITEM_TIMEOUT_S", "value": str(grader.timeout_seconds)},
+            {"name": "GRADER_WORKERS", "value": str(grader_workers(grader.cpu))},
             *home_env(),
         ],
-        "resources": resource_requirements(GRADER_CPU, GRADER_MEMORY),
-        "readinessProbe": _metrics_probe(failure_threshold=3),
-        "livenessProbe": _metrics_probe(failure_threshold=6),
+        "resources": resource_requirements(grader.cpu, grader.memory),
+        # Readiness: every grading worker process is up (a restarting pool takes the pod out of
+        # the Service). Liveness: the HTTP server answers; more patience, a restart is costly.
+        "readinessProbe": _probe("/readyz", failure_threshold=3),
+        "livenessProbe": _probe("/healthz", failure_threshold=6),
         "securityContext": container_security_context(),
         "volumeMounts": writable_mounts(shared_memory=False),
     }

@@ -3,7 +3,12 @@
 Worker groups are named after the Ray custom resource each pod advertises (`rollout`, `actor`,
 `teacher` when the teacher's KL enters the advantage, `critic` for gae); the trainer places its
 role actors by requesting those resources. Every group has a fixed size (min = max = replicas):
-training needs all of them at once, autoscaling would only add waiting.
+training needs all of them at once, autoscaling would only add waiting. A rollout pod gets
+gpusPerReplica GPUs and runs gpusPerReplica / tensorParallelSize vLLM engines; the trainer reads
+that split from the job spec it is given, so nothing about placement is passed separately.
+
+Kueue (spec.queueName): the RayJob carries the queue-name label and no `suspend`: Kueue's webhook
+suspends it on creation and Kueue unsuspends it on admission (and suspends it again to preempt).
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ ENTRYPOINT = (
     f"python -m distill_trainer run {JOB_FILE_PATH} --backend ray "
     f"--metrics-port {TRAINER_METRICS_PORT} --output-dir {OUTPUT_DIR}"
 )
-# The head runs only the driver (the training loop); models live on the workers.
-HEAD_CPU = "2"
-HEAD_MEMORY = "8Gi"
+# A retry starts the entrypoint again from step 0 (the trainer does not resume from checkpoints),
+# repeating hours of GPU work unasked: a failed run is reported as Failed instead.
+BACKOFF_LIMIT = 0
 SUBMITTER_CPU = "500m"
 SUBMITTER_MEMORY = "512Mi"
 SPEC_VOLUME = "job-spec"
@@ -89,9 +94,10 @@ def _ray_pod_spec(job: DistillJob, container: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_head_group(job: DistillJob) -> dict[str, Any]:
-    name, namespace = job.metadata.name, job.metadata.namespace
-    ports = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in _HEAD_PORTS]
-    ports.append({"name": TRAINER_PORT_NAME, "containerPort": TRAINER_METRICS_PORT})
+    """The head runs only the driver (the training loop): no GPU, models live on the workers."""
+    name, namespace, head = job.metadata.name, job.metadata.namespace, job.spec.resources.head
+    head_ports = [*_HEAD_PORTS, (TRAINER_PORT_NAME, TRAINER_METRICS_PORT)]
+    ports = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in head_ports]
     container = {
         "name": "ray-head",
         "image": job.spec.image,
@@ -100,7 +106,7 @@ def build_head_group(job: DistillJob) -> dict[str, Any]:
             {"name": "DISTILL_JOB_NAME", "value": name},
             {"name": "DISTILL_GRADER_URL", "value": grader_url(name, namespace, GRADER_PORT)},
         ],
-        "resources": resource_requirements(HEAD_CPU, HEAD_MEMORY),
+        "resources": resource_requirements(head.cpu, head.memory),
     }
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0"},
@@ -152,6 +158,18 @@ def build_submitter_template(job: DistillJob) -> dict[str, Any]:
     }
 
 
+def rayjob_mutable_spec(job: DistillJob) -> dict[str, Any]:
+    """The RayJob spec fields that follow the DistillJob after creation (a merge patch).
+
+    `suspend` only without Kueue, which owns it for queued jobs; every other field is fixed by
+    the CRD's transition rules or by KubeRay once the cluster exists.
+    """
+    mutable: dict[str, Any] = {"ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished}
+    if not job.spec.queue_name:
+        mutable["suspend"] = job.spec.suspend
+    return mutable
+
+
 def build_rayjob(job: DistillJob) -> dict[str, Any]:
     rayjob = owned_object(job, "ray.io/v1", "RayJob", rayjob_name(job.metadata.name), RAYJOB)
     if job.spec.queue_name:
@@ -159,8 +177,10 @@ def build_rayjob(job: DistillJob) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "submissionMode": "K8sJobMode",
+        # Also what `suspend` needs, and what Kueue's webhook requires.
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished,
+        "backoffLimit": BACKOFF_LIMIT,
         "submitterPodTemplate": build_submitter_template(job),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
@@ -170,9 +190,9 @@ def build_rayjob(job: DistillJob) -> dict[str, Any]:
             ],
         },
     }
-    # Kueue suspends and admits the RayJob itself; without Kueue a RayJob that is created
-    # suspended simply waits, which is what spec.suspend asks for.
-    if job.spec.suspend:
+    # Created suspended only when asked and not queued: a RayJob created suspended without Kueue
+    # waits until spec.suspend goes back to false; a queued one is suspended by Kueue's webhook.
+    if job.spec.suspend and not job.spec.queue_name:
         spec["suspend"] = True
     rayjob["spec"] = spec
     return rayjob
