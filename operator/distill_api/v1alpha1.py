@@ -294,10 +294,14 @@ class DistillJobSpec(ApiModel):
         description="Trainer image (Ray head and workers).",
         json_schema_extra=_immutable("image"),
     )
-    suspend: bool = Field(False, description="Pause the job (its Ray cluster is deleted).")
+    suspend: bool = Field(
+        False,
+        description="Pause the job (its Ray cluster is deleted). Ignored while queueName is set: "
+        "Kueue owns suspension of queued jobs.",
+    )
     queue_name: str | None = Field(
         None,
-        description="Kueue LocalQueue that admits the job.",
+        description="Kueue LocalQueue that admits the job (Kueue then suspends and resumes it).",
         json_schema_extra=_immutable("queueName"),
     )
     ttl_seconds_after_finished: int = Field(
