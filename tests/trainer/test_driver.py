@@ -18,12 +18,14 @@ def _options(tmp_path: Path, **extra) -> RunOptions:
     return RunOptions(backend="inprocess", output_dir=tmp_path / "out", progress=False, **extra)
 
 
-def test_run_writes_metrics_checkpoints_and_summary(make_job, tmp_path: Path) -> None:
+def test_run_writes_metrics_checkpoints_and_summary(make_job, tmp_path: Path, caplog) -> None:
     job = make_job(
         training={"totalSteps": 3, "testFreq": 2, "saveFreq": 1},
         checkpoint={"uri": str(tmp_path / "ckpt"), "keep": 2},
     )
+    (tmp_path / "ckpt" / "global_step_10").mkdir(parents=True)  # an earlier run's, kept
     summary = run_job(job, _options(tmp_path))
+    assert "already holds 1 checkpoints of an earlier run (steps [10])" in caplog.text
     assert summary.steps == summary.total_steps == 3
     assert summary.roles == ["rollout", "actor", "teacher"]
     # Validation before training, every testFreq steps, and after the last step.
@@ -31,8 +33,8 @@ def test_run_writes_metrics_checkpoints_and_summary(make_job, tmp_path: Path) ->
     lines = [json.loads(line) for line in summary.metrics_path.read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2, 3]
     assert lines[1]["training/step"] == 1 and "training_step_reward" in lines[1]
-    # Checkpoints go to a local checkpoint.uri; only the `keep` newest survive.
-    assert [step for step, _ in list_checkpoints(tmp_path / "ckpt")] == [2, 3]
+    # Checkpoints go to a local checkpoint.uri; only the `keep` newest of this run survive.
+    assert [step for step, _ in list_checkpoints(tmp_path / "ckpt")] == [2, 3, 10]
     assert summary.last_checkpoint == tmp_path / "ckpt" / "global_step_3"
     state = json.loads((summary.last_checkpoint / "trainer_state.json").read_text())
     assert state["step"] == 3

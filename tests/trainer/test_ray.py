@@ -2,7 +2,8 @@
 
 Two runs, both slow (Ray start-up and worker imports dominate): the default local Ray that the
 trainer starts itself, and a Ray that looks like the KubeRay cluster (custom resources named after
-the roles), where replicas ask for their role's resource and the teacher runs as two replicas.
+the roles), where replicas ask for their role's resource, the rollout engine and the teacher run as
+two replicas each, and the actor checkpoints on a disk the driver does not see.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from distill_trainer.config import RoleConfig, RunOptions
-from distill_trainer.driver import run_job, train_step
+from distill_trainer.driver import checkpoint, run_job, train_step
 from distill_trainer.roles.hf import HFTeacher
 from distill_trainer.setup import setup_run
 
@@ -49,32 +50,58 @@ def _wait_for(condition, timeout_s: float = 30.0) -> bool:
 
 
 @pytest.mark.slow
-def test_cluster_resources_and_sharded_teacher(make_job, teacher_dir: Path, tmp_path) -> None:
-    roles = {"rollout": 1.0, "actor": 1.0, "teacher": 2.0}
-    ray.init(num_cpus=2, num_gpus=1, resources=roles, include_dashboard=False, log_to_driver=False)
+def test_cluster_resources_and_sharded_teacher(
+    make_job, teacher_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # Ray workers keep the directory the driver had at ray.init: a relative checkpoint.uri then
+    # names different places for the driver and the actor, like two pods' disks on a cluster.
+    (tmp_path / "actor-pod").mkdir()
+    (tmp_path / "head-pod").mkdir()
+    monkeypatch.chdir(tmp_path / "actor-pod")
+    roles = {"rollout": 2.0, "actor": 1.0, "teacher": 2.0}
+    ray.init(num_cpus=2, num_gpus=2, resources=roles, include_dashboard=False, log_to_driver=False)
     try:
         job = make_job(
             teacher={"model": str(teacher_dir)},
             resources={
-                "rollout": {"gpusPerReplica": 1, "tensorParallelSize": 1},
+                "rollout": {"replicas": 2, "gpusPerReplica": 1, "tensorParallelSize": 1},
                 "actor": {"gpusPerReplica": 0},
                 "teacher": {"replicas": 2, "gpusPerReplica": 0},
             },
+            checkpoint={"uri": "ckpt", "keep": 1},
         )
-        options = RunOptions(backend="ray", device="cpu", output_dir=tmp_path, progress=False)
+        options = RunOptions(
+            backend="ray", device="cpu", output_dir=tmp_path / "out", progress=False
+        )
         run = setup_run(job, options)
         try:
-            # Every replica holds one unit of its role's resource; the rollout group its GPU.
+            # Every replica holds one unit of its role's resource; the rollout groups their GPU.
             free = ray.available_resources()
             assert all(free.get(name, 0) == 0 for name in [*roles, "GPU"]), free
             assert len(run.roles.teacher.handles) == 2
+            # One prompt per rollout replica: seeded alike, they would sample alike.
+            prompt = run.train[0].token_ids
+            twice = run.roles.rollout.generate([prompt, prompt], 4, run.sampling)
+            assert not torch.equal(twice.response_ids[:4], twice.response_ids[4:])
             _, batch = train_step(run, run.train[:2])
+            monkeypatch.chdir(tmp_path / "head-pod")
+            for step in (1, 2):
+                checkpoint(run, step, epoch=0)
         finally:
             run.close()
         assert ray.is_initialized()  # not started by the run: left running
         assert _wait_for(lambda: ray.available_resources().get("teacher") == 2.0)
     finally:
         ray.shutdown()
+    # The actor saved, wrote trainer_state.json and pruned on its own disk; the driver wrote
+    # nothing and only recorded the path.
+    assert run.last_checkpoint == Path("ckpt/global_step_2")
+    actor_disk = tmp_path / "actor-pod" / "ckpt"
+    assert [p.name for p in actor_disk.iterdir()] == ["global_step_2"]
+    assert {"config.json", "trainer_state.json"} <= {
+        p.name for p in (actor_disk / "global_step_2").iterdir()
+    }
+    assert not (tmp_path / "head-pod" / "ckpt").exists()
     # The two shards together equal one teacher scoring the whole batch.
     cfg = RoleConfig(
         model=str(teacher_dir), device="cpu", seed=0, temperature=1.0, micro_batch_size=16

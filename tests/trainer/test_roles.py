@@ -6,11 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from distill_trainer.algorithm import entropy_from_logits, token_logprobs_from_logits
 from distill_trainer.batch import RolloutBatch, last_token_rewards, pad_cat
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig, RolloutConfig
 from distill_trainer.roles import Rollouts, SamplingParams
-from distill_trainer.roles.hf import HFRolloutEngine, HFTeacher, first_eos_mask, load_tokenizer
+from distill_trainer.roles.hf import (
+    HFRolloutEngine,
+    HFTeacher,
+    first_eos_mask,
+    load_tokenizer,
+    response_logits,
+)
 from distill_trainer.roles.hf_train import HFActor, HFCritic
 
 PROMPTS = ["What is 1 + 2?", "What is 3 + 3?", "What is 9 + 0?"]
@@ -62,6 +70,8 @@ def test_generate_layout(sampled, student_dir: Path) -> None:
         assert (ids[row, : length - 1] != eos).all()
         assert ids[row, length - 1] == eos or length == batch.response_length
         assert (ids[row, length:] == engine.pad_id).all()
+        # Cut at the token limit exactly when no EOS was sampled.
+        assert bool(batch.truncated[row]) is bool(ids[row, length - 1] != eos)
     assert (batch.rollout_logprobs[~mask] == 0).all() and (batch.rollout_logprobs[mask] < 0).all()
 
 
@@ -131,6 +141,7 @@ def test_rollouts_concat_repads() -> None:
             torch.ones(1, r, dtype=torch.long),
             torch.ones(1, r),
             torch.zeros(1, r),
+            torch.tensor([r == 3]),
         )
 
     merged = Rollouts.concat([part(2, 3), part(3, 1)], pad_token_id=9)
@@ -138,6 +149,8 @@ def test_rollouts_concat_repads() -> None:
     assert merged.prompt_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     assert merged.response_ids.tolist() == [[1, 1, 1], [1, 9, 9]]
     assert merged.response_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert merged.truncated.tolist() == [True, False]
+    assert merged.to_batch(1).truncated.tolist() == [True, False]
 
 
 def test_micro_batches_accumulate_to_the_mini_batch_gradient(sampled, student_dir: Path) -> None:
@@ -155,3 +168,31 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(sampled, student_di
         grads.append(torch.cat([p.grad.flatten() for p in actor.model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_response_logits_are_computed_for_the_response_alone(sampled, student_dir: Path) -> None:
+    """The logits of the response positions come out as their own contiguous tensor with the
+    same values as the full forward pass, and the chunked logprob and entropy passes (with grad,
+    as in the PPO loss) never allocate a full-size copy of them."""
+    _, batch = sampled
+    optim = OptimConfig(1e-3, 1, 4, 1.0, "token-mean")
+    actor = HFActor(ActorConfig(**_common(student_dir), train=True, optim=optim))
+    logits = response_logits(actor.model, batch)
+    n, r, full_bytes = batch.size, batch.response_length, logits.numel() * logits.element_size()
+    assert logits.shape == (n, r, actor.model.config.vocab_size) and logits.requires_grad
+    assert logits.is_contiguous() and logits.untyped_storage().nbytes() == full_bytes
+    with torch.no_grad():
+        whole = actor.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).logits
+    prompt_cols = batch.input_ids.shape[1] - r
+    torch.testing.assert_close(logits.detach(), whole[:, prompt_cols - 1 : -1])
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        logprobs = token_logprobs_from_logits(logits, batch.response_ids, 0.7, chunk_rows=8)
+        entropy = entropy_from_logits(logits, 0.7, chunk_rows=8)
+    assert max(event.cpu_memory_usage for event in prof.events()) < full_bytes
+    (logprobs.sum() + entropy.sum()).backward()  # the checkpointed chunks still backpropagate
+    assert actor.model.lm_head.weight.grad.abs().sum() > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ BATCH, N, MAX_RESPONSE = 2, 4, 6
 
 
 def _run(job, tmp_path: Path) -> Run:
-    return setup_run(job, RunOptions(backend="inprocess", output_dir=tmp_path, progress=False))
+    # CPU float32 even where a GPU exists: sampler and actor logprobs then agree to 1e-5.
+    options = RunOptions(backend="inprocess", device="cpu", output_dir=tmp_path, progress=False)
+    return setup_run(job, options)
 
 
 def _finite(t: torch.Tensor | None) -> bool:
@@ -42,6 +45,9 @@ def test_one_step(make_job, tmp_path: Path, estimator: str, kl: bool) -> None:
         assert metrics["training_step_reward"] == pytest.approx(batch.scores.mean().item())
         lengths = batch.response_mask.sum(-1)
         assert metrics["response_length/mean"] == pytest.approx(lengths.mean().item())
+        assert metrics["response_length/clip_ratio"] == batch.truncated.float().mean().item()
+        # top_p 1 on CPU: the sampler's logprobs are the actor's (a JSONL-only diagnostic).
+        assert metrics["rollout/logprob_mismatch"] < 1e-5
 
         # The teacher exists exactly when its KL enters the advantage.
         assert ("teacher" in run.roles.names) is kl
@@ -133,3 +139,51 @@ def test_teacher_with_another_tokenizer_is_refused(make_job, tmp_path: Path) -> 
     tokenizer.save_pretrained(other)
     with pytest.raises(JobInputError, match=r"^teacher\.model: .*different tokenizer"):
         _run(make_job(teacher={"model": str(other)}), tmp_path)
+
+
+def test_top_p_warns_once_and_reports_the_logprob_mismatch(make_job, tmp_path, caplog) -> None:
+    """Nucleus sampling renormalises over the kept tokens, so each behaviour logprob is higher
+    than the actor's full-distribution logprob of the same token."""
+    with caplog.at_level(logging.WARNING, logger="distill_trainer.setup"):
+        run = _run(make_job(rollout={"topP": 0.5}), tmp_path)
+    try:
+        assert caplog.text.count("rollout.topP=0.5: the rollout engine's behaviour logprobs") == 1
+        metrics, batch = train_step(run, run.train[:BATCH])
+        mask = batch.response_mask.bool()
+        assert (batch.rollout_logprobs[mask] >= batch.old_logprobs[mask] - 1e-5).all()
+        expected = (batch.rollout_logprobs - batch.old_logprobs)[mask].abs().mean().item()
+        assert metrics["rollout/logprob_mismatch"] == pytest.approx(expected)
+        assert expected > 0.05
+    finally:
+        run.close()
+
+
+def test_kl_coef_zero_keeps_the_teacher_but_not_its_advantage(
+    make_job, teacher_dir: Path, tmp_path: Path
+) -> None:
+    job = make_job(teacher={"model": str(teacher_dir)}, algorithm={"klPenaltyCoef": 0.0})
+    run = _run(job, tmp_path)
+    try:
+        metrics, batch = train_step(run, run.train[:BATCH])
+        assert run.roles.teacher is not None and metrics["distill/kl_coef"] == 0.0
+        assert abs(metrics["distill/kl_per_token"]) > 1e-3  # measured all the same
+        base, _ = compute_base_advantages(
+            "grpo",
+            response_mask=batch.response_mask,
+            scores=batch.scores,
+            group_ids=batch.group_ids,
+        )
+        assert torch.equal(batch.advantages, base)
+    finally:
+        run.close()
+
+
+def test_prompt_plus_response_must_fit_the_position_embeddings(make_job, tmp_path) -> None:
+    # The tiny models have 128 positions.
+    with pytest.raises(
+        JobInputError,
+        match=r"^rollout\.maxPromptLength \+ rollout\.maxResponseLength: 64 \+ 65 = 129 tokens, "
+        r"more than the max_position_embeddings=128 of student\.model",
+    ):
+        _run(make_job(rollout={"maxResponseLength": 65}), tmp_path)
+    _run(make_job(rollout={"maxResponseLength": 64}), tmp_path).close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,12 +11,14 @@ import torch
 
 from distill_api import load_job
 from distill_trainer.batch import RolloutBatch
-from distill_trainer.checkpoint import checkpoint_root, list_checkpoints, prune_checkpoints
-from distill_trainer.data import PromptRecord
+from distill_trainer.checkpoint import CheckpointWriter, checkpoint_root, list_checkpoints
+from distill_trainer.config import RoleConfig
+from distill_trainer.data import PromptRecord, make_row, write_rows
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, prompt_batches
 from distill_trainer.roles.base import LogprobOutput
-from distill_trainer.roles.hf import load_tokenizer
-from distill_trainer.roles.ray_group import merge_results, split_rows
+from distill_trainer.roles.hf import load_tokenizer, truncated_rows
+from distill_trainer.roles.ray_group import merge_results, replica_config, split_rows
+from distill_trainer.setup import load_prompts
 
 
 def _prompts(n: int) -> list[EncodedPrompt]:
@@ -45,7 +49,22 @@ def test_encode_prompts_uses_the_chat_template_and_drops_long_ones(student_dir: 
     assert tokenizer.decode(kept[0].token_ids) == "<|user|>hi<|end|><|assistant|>"
 
 
-def test_checkpoint_root_and_pruning(tmp_path: Path) -> None:
+def test_prompts_over_max_prompt_length_are_skipped_and_counted(
+    student_dir: Path, tmp_path: Path, caplog
+) -> None:
+    lengths = [1, 200, 2, 200, 3]
+    rows = [make_row("x" * n, str(i), "t", "train", i) for i, n in enumerate(lengths)]
+    write_rows(rows, tmp_path / "train.parquet")
+    tokenizer = load_tokenizer(str(student_dir))
+    with caplog.at_level(logging.WARNING, logger="distill_trainer.setup"):
+        kept = load_prompts("data.train", str(tmp_path / "train.parquet"), tokenizer, 64)
+    assert [p.ground_truth for p in kept] == ["0", "2", "4"]
+    assert (
+        "data.train: skipped 2 of 5 prompts longer than rollout.maxPromptLength=64" in caplog.text
+    )
+
+
+def test_checkpoint_root(tmp_path: Path) -> None:
     def spec(checkpoint):
         document = {
             "metadata": {"name": "j"},
@@ -58,13 +77,33 @@ def test_checkpoint_root_and_pruning(tmp_path: Path) -> None:
     assert checkpoint_root(spec({"checkpoint": {"uri": "/ckpt/a"}}), out) == Path("/ckpt/a")
     assert checkpoint_root(spec({"checkpoint": {"uri": "file:///ckpt/b"}}), out) == Path("/ckpt/b")
     assert checkpoint_root(spec({"checkpoint": {"uri": "s3://b/p"}}), out) == out / "checkpoints"
-    for step in (1, 10, 2, 30):
+
+
+def _write_weights(path: str) -> None:
+    (Path(path) / "weights").write_text("w")
+
+
+def test_pruning_spares_the_new_checkpoint_and_an_earlier_runs(tmp_path: Path, caplog) -> None:
+    """An earlier run left global_step_10; with keep=1, saving step 3 must keep step 3."""
+    for step in (10, 4):
         (tmp_path / f"global_step_{step}").mkdir()
+    (tmp_path / "global_step_4" / "stale-shard").write_text("old")
     (tmp_path / "global_step_x").mkdir()
-    removed = prune_checkpoints(tmp_path, keep=2)
-    assert sorted(p.name for p in removed) == ["global_step_1", "global_step_2"]
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [10, 30]
-    assert (tmp_path / "global_step_x").is_dir()  # not ours: left alone
+    writer = CheckpointWriter(tmp_path, keep=1)
+    assert "already holds 2 checkpoints of an earlier run (steps [4, 10])" in caplog.text
+    first = writer.save(3, _write_weights, {"epoch": 0})
+    assert first == tmp_path / "global_step_3" and (first / "weights").is_file()
+    assert json.loads((first / "trainer_state.json").read_text()) == {"step": 3, "epoch": 0}
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [3, 4, 10]
+    # Saving over an earlier run's step replaces that directory rather than mixing files.
+    assert writer.save(4, _write_weights, {}) == tmp_path / "global_step_4"
+    assert not (tmp_path / "global_step_4" / "stale-shard").exists()
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 10]  # our step 3 pruned
+    writer.save(5, _write_weights, {})
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [5, 10]
+    assert (tmp_path / "global_step_x").is_dir()  # not a checkpoint: left alone
+    with pytest.raises(ValueError, match=r"^checkpoint\.keep must be"):
+        CheckpointWriter(tmp_path, keep=0)
 
 
 def _batch(rows: int) -> RolloutBatch:
@@ -80,6 +119,18 @@ def test_split_rows_keeps_order(rows: int, parts: int, sizes: list[int]) -> None
     assert [s.size for s in shards] == sizes
     assert torch.equal(torch.cat([s.input_ids for s in shards]), _batch(rows).input_ids)
     assert [len(s) for s in split_rows(list(range(rows)), parts)] == sizes
+
+
+def test_truncated_rows_are_those_without_an_eos() -> None:
+    ids = torch.tensor([[5, 1, 0, 0], [5, 5, 5, 1], [5, 5, 5, 5], [2, 0, 0, 0]])
+    # Row 1 ends with its EOS in the last allowed position: finished, not cut.
+    assert truncated_rows(ids, torch.tensor([1, 2])).tolist() == [False, False, True, False]
+
+
+def test_replicas_get_distinct_seeds() -> None:
+    cfg = RoleConfig(model="m", device="cpu", seed=7, temperature=1.0, micro_batch_size=1)
+    assert [replica_config(cfg, rank).seed for rank in range(3)] == [7, 8, 9]
+    assert replica_config(cfg, 2).model == "m" and replica_config("x", 1) == "x"
 
 
 def test_merge_results() -> None:

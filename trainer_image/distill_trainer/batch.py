@@ -36,6 +36,7 @@ class RolloutBatch:
     response_mask: Tensor  # [N, R] float
     group_ids: Tensor  # [N] long: index of the prompt within the step
     rollout_logprobs: Tensor | None = None  # [N, R] behaviour logprobs from the rollout engine
+    truncated: Tensor | None = None  # [N] bool: cut at maxResponseLength without an EOS
     scores: Tensor | None = None  # [N] grader score
     step_rewards: Tensor | None = None  # [N, R] score at each response's last token
     old_logprobs: Tensor | None = None  # [N, R] student logprobs before the update

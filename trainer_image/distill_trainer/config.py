@@ -125,7 +125,8 @@ def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
     )
     teacher = None
     if spec.needs_teacher:
-        # Unset teacher: a frozen copy of the student's initial weights.
+        # Unset teacher: a frozen copy of the student's initial weights. Built even when
+        # klPenaltyCoef is 0: an ablation that still measures the KL (roles/__init__.py).
         teacher = RoleConfig(model=(spec.teacher or spec.student).model, **common)
     critic = None
     if spec.needs_critic:

@@ -25,7 +25,7 @@ import torch
 from distill_api import DistillJob
 from distill_trainer.algorithm import apply_kl_to_advantages, compute_base_advantages, masked_mean
 from distill_trainer.batch import RolloutBatch, last_token_rewards
-from distill_trainer.checkpoint import DEFAULT_KEEP, save_checkpoint
+from distill_trainer.checkpoint import DEFAULT_KEEP
 from distill_trainer.config import RunOptions
 from distill_trainer.prompts import EncodedPrompt, prompt_batches
 from distill_trainer.roles import SamplingParams
@@ -48,7 +48,7 @@ class RunSummary:
     history: list[dict[str, float]] = field(repr=False)  # every logged metrics dict, in order
     output_dir: Path
     metrics_path: Path
-    last_checkpoint: Path | None
+    last_checkpoint: Path | None  # as the actor wrote it (on a cluster: the actor pod's disk)
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -119,23 +119,26 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
             critic_metrics = roles.critic.update(batch)
     with timer("weight_sync"):
         roles.rollout.load_weights(roles.actor.get_weights())
-    rollout = rollout_metrics(batch, student.entropy, run.sampling.max_new_tokens)
+    rollout = rollout_metrics(batch, student.entropy)
     return {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **timer.metrics}, batch
 
 
-def rollout_metrics(
-    batch: RolloutBatch, entropy: torch.Tensor | None, max_response_length: int
-) -> dict[str, float]:
-    """Reward, response length, clip ratio and student entropy of a graded batch."""
-    assert batch.scores is not None
-    lengths = batch.response_lengths.float()
+def rollout_metrics(batch: RolloutBatch, entropy: torch.Tensor | None) -> dict[str, float]:
+    """Reward, response length, clip ratio (responses cut without an EOS), student entropy, and
+    `rollout/logprob_mismatch`: mean |behaviour − old| logprob over response tokens (≈ 0 unless
+    top_p < 1 or bf16 sampling; a JSONL/WandB diagnostic, not a Prometheus gauge)."""
+    assert batch.scores is not None and batch.truncated is not None
+    mask = batch.response_mask
     metrics = {
         "training_step_reward": batch.scores.float().mean().item(),
-        "response_length/mean": lengths.mean().item(),
-        "response_length/clip_ratio": (lengths >= max_response_length).float().mean().item(),
+        "response_length/mean": batch.response_lengths.float().mean().item(),
+        "response_length/clip_ratio": batch.truncated.float().mean().item(),
     }
     if entropy is not None:
-        metrics["actor/entropy"] = masked_mean(entropy, batch.response_mask).item()
+        metrics["actor/entropy"] = masked_mean(entropy, mask).item()
+    if batch.rollout_logprobs is not None and batch.old_logprobs is not None:
+        gap = (batch.rollout_logprobs - batch.old_logprobs).abs()
+        metrics["rollout/logprob_mismatch"] = masked_mean(gap, mask).item()
     return metrics
 
 
@@ -152,12 +155,15 @@ def validate(run: Run) -> dict[str, float]:
 
 
 def checkpoint(run: Run, step: int, epoch: int) -> dict[str, float]:
-    """Save the student under the checkpoint root and prune old checkpoints."""
+    """Have the actor save the student and prune old checkpoints; record where it saved.
+
+    The driver touches no file here: on a cluster the actor's pod holds the checkpoint root."""
     timer = PhaseTimer()
     keep = run.spec.checkpoint.keep if run.spec.checkpoint else DEFAULT_KEEP
+    state = {"epoch": epoch, "job": run.job_name}
     with timer("checkpoint"):
-        run.last_checkpoint = save_checkpoint(
-            run.roles.actor, run.checkpoint_root, step, keep, {"epoch": epoch, "job": run.job_name}
+        run.last_checkpoint = run.roles.actor.save_checkpoint(
+            run.checkpoint_root, step, keep, state
         )
     return {"training/last_checkpoint_step": float(step), **timer.metrics}
 

@@ -9,7 +9,7 @@ The driver builds one flat dict per step (`training_step_reward`, `distill/kl_pe
 - Prometheus (when a port is given): one gauge per documented key, named with `/` → `_` and
   labelled `distilljob`, plus `timing_seconds{distilljob,phase}` from the `timing_s/<phase>` keys.
   Only the keys in `GAUGES` are exported (docs/metrics.md documents exactly these); extra
-  diagnostic keys reach the file and WandB only;
+  diagnostic keys (e.g. `rollout/logprob_mismatch`) reach the file and WandB only;
 - WandB, when the package is installed and WANDB_PROJECT is set.
 """
 

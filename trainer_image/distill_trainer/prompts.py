@@ -1,13 +1,12 @@
 """Prompts as token ids, and the order in which training batches visit them.
 
 Prompts are rendered with the student's chat template once, at start-up; those longer than
-`rollout.maxPromptLength` tokens are dropped (and counted in the log). Each epoch visits every
-prompt once in a seeded shuffle; the last incomplete batch of an epoch is skipped.
+`rollout.maxPromptLength` tokens are skipped (setup.load_prompts logs how many). Each epoch
+visits every prompt once in a seeded shuffle; the last incomplete batch of an epoch is skipped.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from distill_trainer.data import PromptRecord
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,26 +26,18 @@ class EncodedPrompt:
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], max_length: int
 ) -> list[EncodedPrompt]:
-    """Chat-template and tokenize every record; drop the ones over `max_length` tokens."""
+    """Chat-template and tokenize every record; skip the ones over `max_length` tokens."""
     if not records:
         return []
     texts = tokenizer.apply_chat_template(
         [r.messages for r in records], add_generation_prompt=True, tokenize=False
     )
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    kept = [
+    return [
         EncodedPrompt(token_ids, r.ground_truth, r.data_source)
         for token_ids, r in zip(ids, records, strict=True)
         if len(token_ids) <= max_length
     ]
-    if len(kept) < len(records):
-        log.warning(
-            "dropped %d of %d prompts longer than maxPromptLength=%d tokens",
-            len(records) - len(kept),
-            len(records),
-            max_length,
-        )
-    return kept
 
 
 def steps_per_epoch(num_prompts: int, batch_size: int) -> int:

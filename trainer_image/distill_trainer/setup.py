@@ -99,7 +99,50 @@ def load_prompts(
         raise JobInputError(
             f"{field_path}: no prompt of {uri!r} fits rollout.maxPromptLength={max_length}"
         )
+    if len(prompts) < len(records):
+        log.warning(
+            "%s: skipped %d of %d prompts longer than rollout.maxPromptLength=%d tokens",
+            field_path,
+            len(records) - len(prompts),
+            len(records),
+            max_length,
+        )
     return prompts
+
+
+def check_context_length(spec: DistillJobSpec) -> None:
+    """A prompt plus its response must fit the models' position embeddings (when the HF config
+    has a limit): the actor and the teacher score the whole sequence at once."""
+    needed = spec.rollout.max_prompt_length + spec.rollout.max_response_length
+    models = {"student.model": spec.student.model}
+    if spec.needs_teacher and spec.teacher is not None:
+        models["teacher.model"] = spec.teacher.model
+    for field_path, model in models.items():
+        try:
+            limit = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+        except (OSError, ValueError) as err:
+            raise JobInputError(f"{field_path}: cannot load {model!r}: {err}") from err
+        if limit is not None and needed > limit:
+            raise JobInputError(
+                f"rollout.maxPromptLength + rollout.maxResponseLength: "
+                f"{spec.rollout.max_prompt_length} + {spec.rollout.max_response_length} = "
+                f"{needed} tokens, more than the max_position_embeddings={limit} of "
+                f"{field_path} {model!r}"
+            )
+
+
+def warn_about_sampling(spec: DistillJobSpec) -> None:
+    """Once per run: settings that are legitimate but easy to misread in the metrics."""
+    if spec.rollout.top_p < 1.0:
+        log.warning(
+            "rollout.topP=%s: the rollout engine's behaviour logprobs come from the truncated "
+            "nucleus distribution, so they differ from the actor's (see rollout/logprob_mismatch); "
+            "the PPO ratio uses the actor's own old logprobs",
+            spec.rollout.top_p,
+        )
+    if spec.needs_teacher and spec.algorithm.kl_penalty_coef == 0:
+        # A legitimate ablation: the KL is measured and logged but does not move the advantage.
+        log.info("algorithm.klPenaltyCoef=0: the teacher scores responses but adds no advantage")
 
 
 def count_steps(spec: DistillJobSpec, num_prompts: int) -> int:
@@ -130,6 +173,8 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
         raise JobInputError(f"student.model: cannot load {spec.student.model!r}: {err}") from err
     if spec.needs_teacher and spec.teacher is not None:
         check_shared_tokenizer(tokenizer, spec.teacher.model)
+    check_context_length(spec)
+    warn_about_sampling(spec)
     max_prompt = spec.rollout.max_prompt_length
     train = load_prompts("data.train", spec.data.train, tokenizer, max_prompt)
     val = load_prompts("data.val", spec.data.val, tokenizer, max_prompt) if spec.data.val else []

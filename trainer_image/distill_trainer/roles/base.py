@@ -8,6 +8,7 @@ cross the interface on the CPU; each role moves them to its own device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -36,6 +37,7 @@ class Rollouts:
     response_ids: Tensor  # [N, R] right-padded
     response_mask: Tensor  # [N, R] float, 1.0 up to and including the first EOS
     logprobs: Tensor | None  # [N, R] behaviour logprobs, 0.0 on padding
+    truncated: Tensor  # [N] bool: cut at max_new_tokens without an EOS
 
     def to_batch(self, n: int) -> RolloutBatch:
         """The training batch layout, with group ids = prompt index (n responses each)."""
@@ -47,6 +49,7 @@ class Rollouts:
             response_mask=self.response_mask,
             group_ids=torch.arange(self.prompt_ids.shape[0] // n).repeat_interleave(n),
             rollout_logprobs=self.logprobs,
+            truncated=self.truncated,
         )
 
     @staticmethod
@@ -63,6 +66,7 @@ class Rollouts:
             response_ids=pad_cat([p.response_ids for p in parts], pad_token_id, left=False),
             response_mask=pad_cat([p.response_mask for p in parts], 0.0, left=False),
             logprobs=logprobs,
+            truncated=torch.cat([p.truncated for p in parts]),
         )
 
 
@@ -93,8 +97,9 @@ class Actor(Protocol):
 
     def get_weights(self) -> Any: ...
 
-    def save(self, path: str) -> None:
-        """save_pretrained the student and its tokenizer into `path`."""
+    def save_checkpoint(self, root: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
+        """Write `<root>/global_step_<step>/` (student, tokenizer, trainer_state.json with `state`)
+        and delete this run's older checkpoints but the `keep` newest, where the actor runs."""
 
 
 class Teacher(Protocol):

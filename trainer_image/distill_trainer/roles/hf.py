@@ -90,15 +90,25 @@ def micro_batches(batch: RolloutBatch, rows: int, device: str) -> Iterator[Rollo
 
 
 def response_logits(model: PreTrainedModel, batch: RolloutBatch) -> Tensor:
-    """[n, R, V] logits predicting each response token; the vocab projection skips the prompt."""
+    """[n, R, V] contiguous logits predicting each response token (columns P−1 … P+R−2).
+
+    `logits_to_keep` with these positions makes the vocab projection run on them alone, so the
+    result is its own contiguous tensor, not a slice of a larger one. The [n·R, V] reshapes of
+    the chunked logprob and entropy passes are then views: with grad on, their checkpointed
+    chunks keep these logits alive for backward, never a full copy of them.
+    """
+    width = batch.input_ids.shape[1]
+    positions = torch.arange(
+        width - batch.response_length - 1, width - 1, device=batch.input_ids.device
+    )
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        logits_to_keep=batch.response_length + 1,
+        logits_to_keep=positions,
         use_cache=False,
     )
-    return out.logits[:, :-1]
+    return out.logits
 
 
 @torch.inference_mode()
@@ -165,6 +175,12 @@ def first_eos_mask(response_ids: Tensor, eos_ids: Tensor) -> Tensor:
     return (~after_eos).float()
 
 
+def truncated_rows(response_ids: Tensor, eos_ids: Tensor) -> Tensor:
+    """[N] bool: the response has no EOS, i.e. generation stopped at max_new_tokens (vLLM's
+    finish_reason "length"). An EOS in the last allowed position is a finished response."""
+    return ~torch.isin(response_ids, eos_ids).any(dim=1)
+
+
 class HFRolloutEngine:
     """Sampling with `transformers` generate; a vLLM engine later implements the same methods."""
 
@@ -218,7 +234,8 @@ class HFRolloutEngine:
                 logits_processor=processors,
             )
         response_ids = out[:, input_ids.shape[1] :]
-        response_mask = first_eos_mask(response_ids, torch.tensor(self.eos_ids, device=out.device))
+        eos_ids = torch.tensor(self.eos_ids, device=out.device)
+        response_mask = first_eos_mask(response_ids, eos_ids)
         logprobs = None
         if recorder is not None:
             logprobs = torch.where(response_mask.bool(), recorder.finish(response_ids[:, -1]), 0.0)
@@ -229,6 +246,7 @@ class HFRolloutEngine:
             response_ids=torch.where(response_mask.bool(), response_ids, self.pad_id).cpu(),
             response_mask=response_mask.cpu(),
             logprobs=logprobs,
+            truncated=truncated_rows(response_ids, eos_ids).cpu(),
         )
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:

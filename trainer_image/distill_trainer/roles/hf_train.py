@@ -1,9 +1,10 @@
 """Trainable roles on Hugging Face models: the actor (student) and the critic (gae only).
 
 Both run the same optimisation schedule: `ppoEpochs` passes over the step's batch, each split
-into shuffled mini-batches of `ppoMiniBatchSize` responses (one optimizer step each), each
-mini-batch split into micro-batches whose gradients accumulate with weights that make the sum
-equal the loss over the whole mini-batch.
+into mini-batches of ppoMiniBatchSize × rolloutN responses (ppoMiniBatchSize counts prompts; the
+responses are shuffled across prompts; one optimizer step each), each mini-batch split into
+micro-batches whose gradients accumulate with weights that make the sum equal the loss over the
+whole mini-batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from distill_trainer.algorithm import (
     value_loss,
 )
 from distill_trainer.batch import RolloutBatch
+from distill_trainer.checkpoint import CheckpointWriter
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig
 from distill_trainer.roles.base import LogprobOutput
 from distill_trainer.roles.hf import (
@@ -108,6 +111,7 @@ class HFActor:
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_model(cfg)
         self.trainer = _Trainer(self.model, cfg.optim, cfg.micro_batch_size, cfg.device, cfg.seed)
+        self.checkpoints: CheckpointWriter | None = None
 
     @torch.no_grad()
     def compute_logprobs(self, batch: RolloutBatch, with_entropy: bool = False) -> LogprobOutput:
@@ -157,6 +161,13 @@ class HFActor:
     def save(self, path: str) -> None:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+
+    def save_checkpoint(self, root: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
+        """Save, write trainer_state.json and prune, all in this process: on a cluster only the
+        actor's pod has the disk the checkpoint lands on."""
+        if self.checkpoints is None or self.checkpoints.root != root:
+            self.checkpoints = CheckpointWriter(root, keep)
+        return self.checkpoints.save(step, self.save, state)
 
 
 class HFCritic:

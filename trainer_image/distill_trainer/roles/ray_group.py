@@ -8,7 +8,10 @@
 - broadcast (`load_weights`): every replica gets the same argument;
 - by reference (`get_weights`): returns the Ray ObjectRef, which a later broadcast passes on
   from object store to workers without a round trip through the driver;
-- anything else runs on replica 0 (the trainable roles have one replica until FSDP lands).
+- anything else runs on replica 0 (the trainable roles have one replica until FSDP lands),
+  e.g. `save_checkpoint`, which saves, writes trainer_state.json and prunes on that replica's pod.
+
+Replica r gets the role's config with seed + r, so sampling replicas draw different streams.
 
 On a KubeRay cluster each worker group advertises a custom resource named after its role
 (`rollout`, `actor`, `teacher`, `critic`); a replica asks for one unit of it and the group's GPUs.
@@ -17,6 +20,7 @@ Locally no such resource exists and the replicas ask for nothing (a share of the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -73,6 +77,14 @@ def placement_for(
     return Placement(1, share, {})
 
 
+def replica_config(cfg: Any, rank: int) -> Any:
+    """Replica `rank`'s config: the seed offset by the rank (one seed would make every rollout
+    replica sample the same responses to the same prompt)."""
+    if rank == 0 or not dataclasses.is_dataclass(cfg) or not hasattr(cfg, "seed"):
+        return cfg
+    return dataclasses.replace(cfg, seed=cfg.seed + rank)
+
+
 class RayRoleGroup:
     """Replicas of one role class as Ray actors, called like the class itself."""
 
@@ -82,7 +94,8 @@ class RayRoleGroup:
         if placement.resources:
             options["resources"] = placement.resources
         self.handles = [
-            remote_cls.options(**options).remote(cfg) for _ in range(placement.replicas)
+            remote_cls.options(**options).remote(replica_config(cfg, rank))
+            for rank in range(placement.replicas)
         ]
         self.pad_token_id = pad_token_id
         # Surface a failing constructor (missing model, bad path) here, not at the first call.
