@@ -238,7 +238,11 @@ class Checkpoint(ApiModel):
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
         "(and optionally AWS_ENDPOINT_URL, AWS_REGION).",
     )
-    keep: int = Field(3, ge=1, description="Newest checkpoints kept; older ones are deleted.")
+    keep: int = Field(
+        3,
+        ge=1,
+        description="This run's newest checkpoints kept (an earlier run's are never deleted).",
+    )
 
 
 _SPEC_RULES = [
