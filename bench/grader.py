@@ -9,7 +9,8 @@ Two paths, each with --workers grading processes:
 
 - ``pool``: the in-process ``GradingPool`` (what ``LocalGrader`` runs);
 - ``http``: the real service (``python -m distill_grader`` on a loopback port) through
-  ``HttpGraderClient``, so JSON and HTTP are included.
+  ``HttpGraderClient`` with its defaults (requests of 128 items, 8 at once, a fresh connection
+  each), so JSON, HTTP and connection set-up are included.
 
 For each: batch wall time p50/p99 over --batches batches, items/s at the median, the CPU time a
 batch costs (all processes involved, read from /proc) and, for the pool, the p50/p99 of one item's
@@ -174,8 +175,8 @@ def bench_http(batches: list[list[GradeRequestItem]], workers: int) -> dict[str,
     try:
         _wait_ready(url, server)
         batch_s, cpu_s = [], []
-        with HttpGraderClient(url, timeout_s=120) as client:
-            client.grade(batches[0])  # warm the workers and the connection
+        with HttpGraderClient(url, item_timeout_s=10.0) as client:
+            client.grade(batches[0])  # warm the workers
             pids = [os.getpid(), *_process_tree(server.pid)]  # client, service, workers
             for batch in batches[1:]:
                 cpu, start = _cpu_seconds(pids), time.perf_counter()
@@ -185,7 +186,8 @@ def bench_http(batches: list[list[GradeRequestItem]], workers: int) -> dict[str,
     finally:
         server.terminate()
         server.wait(30)
-    return _summary(batch_s, cpu_s, len(batches[0]), workers)
+    summary = _summary(batch_s, cpu_s, len(batches[0]), workers)
+    return {**summary, "client": {"max_batch": client.max_batch, "concurrency": client.concurrency}}
 
 
 def _wait_ready(url: str, server: subprocess.Popen, deadline_s: float = 120.0) -> None:

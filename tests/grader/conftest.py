@@ -89,6 +89,12 @@ CORRECT = [
     ("After all that, the answer is 12. Done.", "12"),
     ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72"),
     ("**Answer:** 42", "42"),
+    ("The answer is 5. But wait, the answer is 6.", "6"),
+    ("Answer: 3, no wait, Answer: 4", "4"),
+    ("I first thought the answer is 2, but the answer is $\\frac{1}{2}$.", "0.5"),
+    (r"so \boxed5.", "5"),
+    (r"\boxed 12, as claimed", "12"),
+    (boxed(r"1\,000"), "1000"),
 ]
 WRONG = [
     (boxed("2"), "3"),
@@ -111,6 +117,10 @@ WRONG = [
     (r"\boxed{3} wait, no: \boxed{4}", "3"),
     ("The answer is 7.", "8"),
     ("#### 71", "72"),
+    ("The answer is 5. But wait, the answer is 6.", "5"),
+    ("Answer: 4. Hmm, let me recheck. Answer: 3", "4"),
+    (boxed("2 3"), "23"),
+    (boxed("1 2"), "12"),
 ]
 NO_ANSWER = [
     ("I think it's 4", "4"),

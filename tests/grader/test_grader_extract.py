@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +18,17 @@ def test_last_balanced_box_wins() -> None:
     assert last_boxed(r"\boxed {4}") == "4"
     assert last_boxed(r"\boxed 5 apples") == "5"
     assert last_boxed(r"\boxedfoo{6}") is None
+
+
+def test_bare_box_argument_with_or_without_a_space() -> None:
+    assert last_boxed(r"\boxed5") == "5"  # TeX's one-token argument, no space needed
+    assert last_boxed(r"so \boxed5.") == "5"
+    assert last_boxed(r"\boxed 12, which checks out") == "12"
+    assert last_boxed(r"\boxed\pi") == r"\pi"
+    assert last_boxed(r"\boxed -3") == "-3"
+    assert last_boxed(r"\boxed 2\sqrt{3} here") == r"2\sqrt{3}"
+    assert last_boxed(r"we use \boxed: nothing boxed") is None
+    assert last_boxed(r"\boxed}") is None
 
 
 def test_escaped_braces_do_not_count() -> None:
@@ -38,9 +51,28 @@ def test_stated_answer_fallbacks() -> None:
     assert last_stated_answer("so the final answer is: 12.") == "12"
     assert last_stated_answer("The answer is \\(x+1\\), clearly") == "x+1"
     assert last_stated_answer("Answer: 3\nAnswer: 4") == "4"
+    assert last_stated_answer("#### 71 #### 72") == "72"
     assert last_stated_answer("48 + 24 = 72\n#### 72") == "72"
     assert last_stated_answer("#### Step 1\nwork") is None  # a markdown heading, not an answer
     assert last_stated_answer("no conclusion here") is None
+
+
+def test_the_last_stated_answer_on_a_line_wins() -> None:
+    assert last_stated_answer("The answer is 5. But wait, the answer is 6") == "6"
+    assert last_stated_answer("Answer: 3, no wait, Answer: 4.") == "4"
+    assert (
+        last_stated_answer("The answer is 7? No, the answer is $\\frac{1}{2}$.") == r"\frac{1}{2}"
+    )
+    assert last_stated_answer("The answer is $x$ and Answer: $y$\nthen prose") == "y"
+    assert last_stated_answer("The answer is 5. Then the answer is.") == "5"  # empty: earlier one
+    assert last_stated_answer("The answer is 5.\nIs that the answer? yes") == "5"
+
+
+def test_many_anchors_on_one_line_stay_linear() -> None:
+    text = "the answer is. " * 3000  # every anchor empty: each is read only to the next one
+    started = time.perf_counter()
+    assert last_stated_answer(text) is None
+    assert time.perf_counter() - started < 1.0
 
 
 def test_box_takes_priority_over_stated_answer() -> None:

@@ -8,7 +8,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill_grader.grading import _verify, compare_answers, fast_match, grade_answer
+from distill_grader.grading import (
+    _verify,
+    compare_answers,
+    fast_match,
+    grade_answer,
+    normalise_answer,
+)
 from distill_grader.schema import Reason
 
 
@@ -56,6 +62,15 @@ def test_spelling_normalisation_is_decisive_without_sympy() -> None:
     assert fast_match(r"$\left( 1,\! 2 \right)$.", "(1,2)") is True
     assert fast_match(r"\dfrac{1}{2}", r"\frac{1}{2}") is True
     assert fast_match(r"\frac{1}{2}", "0.5") is None  # needs math-verify
+
+
+def test_space_between_digits_is_never_dropped() -> None:
+    assert normalise_answer("2 3") == "2 3"
+    assert normalise_answer(r"2\ 3") == "2 3"
+    assert normalise_answer(" x =  1 ,  y = 2 ") == "x=1,y=2"
+    assert normalise_answer(r"1\,000") == "1000"  # a thin space is a thousands separator
+    assert fast_match("2 3", "23") is not True
+    assert compare_answers("2 3", "23") == Reason.WRONG
 
 
 _INTS = st.integers(-50, 50)

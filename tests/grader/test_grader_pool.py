@@ -119,6 +119,20 @@ def test_a_cancelled_batch_does_not_hold_up_close(sympy_hang: str) -> None:
     assert time.monotonic() - started < 30  # did not wait for the hung items
 
 
+def test_a_batch_cancelled_mid_grading_leaves_the_pool_working(
+    pool: GradingPool, sympy_hang: str
+) -> None:
+    restarts = pool.restarts
+    future = pool.submit([*NORMAL[:10], (sympy_hang, "1")])  # done only after the 1 s deadline
+    # The cancel lands between the dispatcher's done() check and its set_result(): reproduced
+    # by making this future's done() stale, the window an HTTP client going away can hit.
+    future.done = lambda: False  # type: ignore[method-assign]
+    assert future.cancel()
+    _wait_for(lambda: pool.restarts > restarts or not pool.alive)  # the hang timed out
+    assert pool.alive
+    assert [r.verdict.reason for r in pool.grade(NORMAL)] == [Reason.CORRECT] * 40
+
+
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="workers"):
         GradingPool(workers=0)

@@ -3,20 +3,29 @@
     grader = make_grader(os.environ.get(GRADER_URL_ENV), timeout_s=spec.grader.timeout_seconds)
     results = grader.grade([GradeRequestItem(id="0", response="... \\boxed{4}", ground_truth="4")])
 
-``HttpGraderClient`` POSTs batches (split by count and bytes) to ``{base_url}/v1/grade`` over one
-pooled ``httpx.Client`` and retries, with exponential backoff and jitter, on connection errors and
-5xx answers; a 4xx answer or a read timeout (the server may still be grading) raises
-``GraderError`` at once. ``LocalGrader`` runs the same process pool as the service inside the
-caller's process. Both are context managers.
+``HttpGraderClient`` cuts each ``grade()`` call into requests of at most ``max_batch`` items (and
+``max_body_bytes`` of JSON) and POSTs them to ``{base_url}/v1/grade`` from ``concurrency``
+threads at once, each on a fresh TCP connection: kube-proxy balances connections, not requests,
+so one kept-alive connection would pin a whole training step to one grader pod. Each request may
+take ``base_timeout_s + ceil(items / server_workers) * item_timeout_s``: the service gives every
+item ``item_timeout_s``, so that bound holds even if every item runs into its deadline.
+Connection errors and 5xx answers (a grader pod restarting or being replaced) are retried with
+capped exponential backoff and jitter for up to ``retry_budget_s`` after a request's first failure.
+A 4xx answer, or a read timeout past that generous bound (a hung server), raises ``GraderError``
+at once. Results keep request order. ``LocalGrader`` runs the same process pool as the service
+inside the caller's process. Both are context managers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -36,6 +45,8 @@ _RETRYABLE = (
     httpx.WriteTimeout,
     httpx.RemoteProtocolError,
 )
+_CONNECT_TIMEOUT_S = 10.0
+_WRITE_TIMEOUT_S = 60.0  # a body is at most a few MB
 
 
 class GraderError(RuntimeError):
@@ -49,36 +60,70 @@ class Grader(Protocol):
     def grade(self, items: Sequence[GradeRequestItem]) -> list[GradeResult]: ...
 
 
+def request_timeout_s(
+    items: int, item_timeout_s: float, server_workers: int = 1, base_s: float = 30.0
+) -> float:
+    """How long one request of ``items`` may take: ``base_s + ceil(items / workers) * deadline``.
+
+    The service kills any item at ``item_timeout_s``, so a request whose every item hits the
+    deadline still answers within this; ``base_s`` covers JSON, queueing and worker restarts.
+    """
+    return base_s + math.ceil(items / server_workers) * item_timeout_s
+
+
 class HttpGraderClient:
-    """Client of a math-grader service (``POST /v1/grade``)."""
+    """Client of a math-grader service (``POST /v1/grade``); see the module docstring."""
 
     def __init__(
         self,
         base_url: str,
-        timeout_s: float = 120.0,
-        retries: int = 3,
+        item_timeout_s: float = 10.0,
+        *,
+        server_workers: int = 1,
+        base_timeout_s: float = 30.0,
+        max_batch: int = 128,
+        concurrency: int = 8,
+        retry_budget_s: float = 60.0,
         backoff_s: float = 0.5,
-        max_batch: int = 4096,
+        max_backoff_s: float = 5.0,
         max_body_bytes: int = 32 * 2**20,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """``timeout_s`` bounds one request; ``retries`` are extra attempts after the first.
+        """``item_timeout_s`` is the service's per-item deadline (``GRADER_ITEM_TIMEOUT_S``).
 
-        Requests carry at most ``max_batch`` items and (unless one item alone is larger)
-        ``max_body_bytes`` of JSON, below the service's limits (4096 items, 64 MiB).
+        ``server_workers`` is the grading processes one request can count on: 1 (the default)
+        is safe when several requests share a pod. ``max_batch`` items (and, unless one item
+        alone is larger, ``max_body_bytes`` of JSON) per request, below the service's limits
+        (4096 items, 64 MiB); ``concurrency`` requests in flight at once.
         """
-        if min(retries, backoff_s) < 0 or min(max_batch, max_body_bytes, timeout_s) <= 0:
-            raise ValueError(
-                "need timeout_s, max_batch, max_body_bytes > 0; retries, backoff_s >= 0"
-            )
-        self.retries, self.backoff_s = retries, backoff_s
+        _check_settings(
+            positive={
+                "item_timeout_s": item_timeout_s,
+                "server_workers": server_workers,
+                "max_batch": max_batch,
+                "concurrency": concurrency,
+                "max_body_bytes": max_body_bytes,
+            },
+            non_negative={
+                "base_timeout_s": base_timeout_s,
+                "retry_budget_s": retry_budget_s,
+                "backoff_s": backoff_s,
+                "max_backoff_s": max_backoff_s,
+            },
+        )
+        self.item_timeout_s, self.server_workers = item_timeout_s, server_workers
+        self.base_timeout_s, self.retry_budget_s = base_timeout_s, retry_budget_s
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
+        self.concurrency = concurrency
+        # No idle connections are kept: every request connects anew, so kube-proxy spreads the
+        # requests of one step over all grader pods and a replaced pod is never reused.
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=0),
             transport=transport,
         )
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="grader-client")
 
     def __enter__(self) -> HttpGraderClient:
         return self
@@ -87,50 +132,87 @@ class HttpGraderClient:
         self.close()
 
     def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
         self._http.close()
 
     def grade(self, items: Sequence[GradeRequestItem]) -> list[GradeResult]:
         # ensure_ascii: a lone surrogate in a response must not make the body unencodable.
         encoded = [json.dumps(item.model_dump(), ensure_ascii=True) for item in items]
-        results: list[GradeResult] = []
-        for part in split_batches([len(e) for e in encoded], self.max_batch, self.max_body_bytes):
-            body = '{"items":[' + ",".join(encoded[i] for i in part) + "]}"
-            results += self._grade_request(body.encode("ascii"), [items[i].id for i in part])
-        return results
+        parts = split_batches([len(e) for e in encoded], self.max_batch, self.max_body_bytes)
+        futures = [
+            self._threads.submit(
+                self._grade_request,
+                ('{"items":[' + ",".join(encoded[i] for i in part) + "]}").encode("ascii"),
+                [items[i].id for i in part],
+            )
+            for part in parts
+        ]
+        try:
+            return [result for future in futures for result in future.result()]
+        finally:
+            for future in futures:  # after a failure, requests not yet sent are not sent
+                future.cancel()
 
     def _grade_request(self, body: bytes, ids: list[str]) -> list[GradeResult]:
-        response = self._post(body)
+        response = self._post(body, len(ids))
         results = GradeResponse.model_validate_json(response.content).results
         if [r.id for r in results] != ids:
             raise GraderError("grader answered with results that do not match the request ids")
         return results
 
-    def _post(self, body: bytes) -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "grader request failed (%s); retry %d in %.2fs", problem, attempt, delay
-                )
-                time.sleep(delay)
-            try:
-                response = self._http.post("/v1/grade", content=body, headers=headers)
-            except _RETRYABLE as error:
-                problem = repr(error)
-                continue
-            except httpx.HTTPError as error:  # a read timeout: the server may still be grading
+    def _post(self, body: bytes, items: int) -> httpx.Response:
+        read_s = request_timeout_s(
+            items, self.item_timeout_s, self.server_workers, self.base_timeout_s
+        )
+        timeout = httpx.Timeout(read_s, connect=_CONNECT_TIMEOUT_S, write=_WRITE_TIMEOUT_S)
+        give_up_at: float | None = None  # the budget starts at the first failure
+        for attempt in itertools.count(1):
+            outcome = self._attempt(body, timeout)
+            if isinstance(outcome, httpx.Response):
+                return outcome
+            now = time.monotonic()
+            give_up_at = now + self.retry_budget_s if give_up_at is None else give_up_at
+            delay = self._backoff(attempt)
+            if now + delay > give_up_at:
                 raise GraderError(
-                    f"grader request failed: {type(error).__name__}: {error}"
-                ) from error
-            if response.status_code >= 500:
-                problem = _describe(response)
-                continue
-            if response.status_code != 200:
-                raise GraderError(f"grader refused the batch: {_describe(response)}")
-            return response
-        raise GraderError(f"grader failed after {self.retries + 1} attempts: {problem}")
+                    f"grader still failing after {attempt} attempts "
+                    f"(retry_budget_s={self.retry_budget_s:g}): {outcome}"
+                )
+            log.warning("grader request failed (%s); retry %d in %.2fs", outcome, attempt, delay)
+            time.sleep(delay)
+        raise AssertionError("itertools.count() ended")
+
+    def _attempt(self, body: bytes, timeout: httpx.Timeout) -> httpx.Response | str:
+        """The 200 answer, or what went wrong if retrying may help; else ``GraderError``."""
+        # "connection: close": the server ends the connection too, so none is ever reused.
+        headers = {"content-type": "application/json", "connection": "close"}
+        try:
+            response = self._http.post("/v1/grade", content=body, headers=headers, timeout=timeout)
+        except _RETRYABLE as error:
+            return repr(error)
+        except httpx.HTTPError as error:  # a read timeout past the worst-case bound: hung
+            raise GraderError(
+                f"grader request failed after {timeout.read:.0f}s: {type(error).__name__}: {error}"
+            ) from error
+        if response.status_code >= 500:
+            return _describe(response)
+        if response.status_code != 200:
+            raise GraderError(f"grader refused the batch: {_describe(response)}")
+        return response
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential from ``backoff_s``, capped at ``max_backoff_s``, with jitter."""
+        delay = min(self.max_backoff_s, self.backoff_s * 2 ** min(attempt - 1, 30))
+        return delay * random.uniform(0.5, 1.0)
+
+
+def _check_settings(positive: dict[str, float], non_negative: dict[str, float]) -> None:
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"HttpGraderClient {name} must be > 0, got {value}")
+    for name, value in non_negative.items():
+        if not value >= 0:
+            raise ValueError(f"HttpGraderClient {name} must be >= 0, got {value}")
 
 
 def split_batches(sizes: Sequence[int], max_items: int, max_bytes: int) -> list[range]:
@@ -186,9 +268,9 @@ def make_grader(url: str | None, timeout_s: float) -> HttpGraderClient | LocalGr
     """The trainer's grader: HTTP when ``url`` (``DISTILL_GRADER_URL``) is set, else local.
 
     ``timeout_s`` is the per-item deadline (DistillJob ``spec.grader.timeoutSeconds``); the
-    service enforces its own copy of it, so the HTTP client allows a whole batch
-    ``60 s + 6 * timeout_s`` (a few items of a batch may each run into the deadline).
+    service enforces its own copy of it, and the HTTP client scales each request's timeout with
+    its size from it (see ``request_timeout_s``).
     """
     if url:
-        return HttpGraderClient(url, timeout_s=60.0 + 6 * timeout_s)
+        return HttpGraderClient(url, item_timeout_s=timeout_s)
     return LocalGrader(timeout_s=timeout_s)

@@ -1,9 +1,11 @@
 """Find the final answer in a model response (pure string code; no math-verify, no sympy).
 
-Order: the last ``\\boxed{...}`` / ``\\fbox{...}`` whose braces balance, else the last
-"The answer is X" / "Answer: X" / "#### X". Brace matching walks only the brace tokens with an
-explicit stack, so 10,000 nested braces cost milliseconds and never touch the recursion limit.
-Every regex here is linear in the input (no nested quantifiers, no lazy scans to a far delimiter).
+Order: the last ``\\boxed{...}`` / ``\\fbox{...}`` whose braces balance (or a bare
+``\\boxed 5`` / ``\\boxed5``), else the last "The answer is X" / "Answer: X" / "#### X", even
+where several share a line ("The answer is 5. But wait, the answer is 6" is 6). Brace matching
+walks only the brace tokens with an explicit stack, so 10,000 nested braces cost milliseconds and
+never touch the recursion limit. Every regex here is linear in the input (no nested quantifiers,
+no lazy scans to a far delimiter), and each stated answer is read only up to the next anchor.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # An escaped brace or an escaped backslash is not a group delimiter; in ``\\{`` the brace is.
 _BRACE_RE = re.compile(r"\\[\\{}]|[{}]")
 _SPACES_RE = re.compile(r"\s*")
-_BARE_BOX_ARG_RE = re.compile(r"[ \t]+([^\s$]+)")  # \boxed 5 (TeX's one-token argument)
+# \boxed 5 or \boxed5: TeX takes one token, but a model writing \boxed 12 means 12, so the
+# argument runs to the next space; it may not start with closing punctuation ("\boxed: ...").
+_BARE_BOX_ARG_RE = re.compile(r"[ \t]*([^\s${}.,;:?][^\s$]*)")
+_BARE_TRAILING = ".,;:?"  # "\boxed 5, so" ends a clause, not the answer
 # "#### X" only when X starts like a number or formula: "#### Step 2" is a markdown heading.
-_FALLBACK_RE = re.compile(
-    r"(?:\banswer\s+is\b\s*:?|\banswer\s*:|####(?=[ \t]*[-+$\\\d.(]))[ \t]*([^\n]*)", re.I
-)
+_ANCHOR_RE = re.compile(r"\banswer\s+is\b\s*:?|\banswer\s*:|####(?=[ \t]*[-+$\\\d.(])", re.I)
 _DOLLAR_MATH_RE = re.compile(r"\$+([^$]+)\$+")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 
@@ -50,7 +53,7 @@ def _box_argument(text: str, start: int, closing: dict[int, int]) -> str | None:
         close = closing.get(brace)
         return None if close is None else text[brace + 1 : close].strip()
     bare = _BARE_BOX_ARG_RE.match(text, start)
-    return bare.group(1) if bare else None
+    return bare.group(1).rstrip(_BARE_TRAILING) if bare else None
 
 
 def _matching_braces(text: str, start: int) -> dict[int, int]:
@@ -80,11 +83,18 @@ def brace_depth(text: str) -> int:
 
 
 def last_stated_answer(text: str) -> str | None:
-    """The X of the last "The answer is X", "Answer: X" or "#### X", cleaned."""
-    for match in reversed(list(_FALLBACK_RE.finditer(text))):
-        answer = _clean_stated(match.group(1))
+    """The X of the last "The answer is X", "Answer: X" or "#### X", cleaned.
+
+    X runs from the anchor to the end of its line or to the next anchor, whichever comes first;
+    an anchor with nothing usable after it ("... the answer is.") defers to the one before.
+    """
+    stop = len(text)
+    for anchor in reversed(list(_ANCHOR_RE.finditer(text))):
+        newline = text.find("\n", anchor.end(), stop)
+        answer = _clean_stated(text[anchor.end() : stop if newline < 0 else newline])
         if answer:
             return answer
+        stop = anchor.start()
     return None
 
 

@@ -30,7 +30,12 @@ _EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConf
 _CACHE_MAX_CHARS = 512  # longer strings are graded uncached: the caches must stay small
 # No real answer nests braces this deep; latex2sympy would spend minutes on one that does.
 _MAX_BRACE_DEPTH = 64
-_SPACING_RE = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![A-Za-z])|\s+")
+# Thin spaces and \left/\right only change the look ("1\\,000" is 1000, a thousands separator).
+_SPACING_RE = re.compile(r"\\[,;:!]|\\(?:left|right)(?![A-Za-z])")
+_CONTROL_SPACE_RE = re.compile(r"(?<!\\)\\ ")  # "\ ", but not the end of a "\\" line break
+# Other space goes too, except between two digits: "2 3" is not 23 (math-verify agrees).
+_DIGIT_GAP_RE = re.compile(r"(?<=[\d.])\s+(?=[\d.])")
+_SPACE_RE = re.compile(r"\s+")
 _INT_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)")
 _INT_LIST_RE = re.compile(r"([(\[])([+-]?\d+(?:,[+-]?\d+)+)([)\]])")
 _LEADING_ZERO_RE = re.compile(r"[+-]?0\d+")
@@ -62,10 +67,15 @@ def compare_answers(extracted: str, ground_truth: str) -> Reason:
 
 
 def normalise_answer(answer: str) -> str:
-    """Spelling-only normalisation: delimiters, spacing, ``\\left``/``\\right``, ``\\dfrac``."""
+    """Spelling-only normalisation: delimiters, spacing, ``\\left``/``\\right``, ``\\dfrac``.
+
+    Space between two digits stays (as one space), so that it cannot join ``2 3`` into ``23``.
+    """
     answer = strip_math_delimiters(answer)
     answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return _SPACING_RE.sub("", answer.replace("{,}", ","))
+    answer = _SPACING_RE.sub("", answer.replace("{,}", ","))
+    answer = _CONTROL_SPACE_RE.sub(" ", answer)
+    return " ".join(_SPACE_RE.sub("", part) for part in _DIGIT_GAP_RE.split(answer))
 
 
 def fast_match(extracted: str, ground_truth: str) -> bool | None:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple
@@ -349,8 +349,8 @@ class GradingPool:
             return
         batch.results[index] = result
         batch.remaining -= 1
-        if batch.remaining == 0 and not batch.future.done():
-            batch.future.set_result(batch.results)  # type: ignore[arg-type]
+        if batch.remaining == 0:
+            _settle(batch.future, result=batch.results)
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -426,8 +426,20 @@ class GradingPool:
             self._incoming.clear()
         self._pending.clear()
         for batch in batches:
-            if not batch.future.done():
-                batch.future.set_exception(error)
+            _settle(batch.future, error=error)
+
+
+def _settle(future: Future[Any], result: Any = None, error: Exception | None = None) -> None:
+    """Resolve ``future`` unless it is already done: a caller may cancel it at any moment.
+
+    Checking ``done()`` first is not enough (the cancel can land between check and set), and an
+    ``InvalidStateError`` escaping here would stop the dispatcher and fail every other batch.
+    """
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 def _safe_extract(response: str) -> str | None:
