@@ -23,8 +23,8 @@ from distill_operator.builders.pods import RUN_AS_USER as TRAINER_UID
 OPERATOR = REPO_ROOT / "Dockerfile"
 TRAINER = REPO_ROOT / "trainer_image" / "Dockerfile"
 REQUIREMENTS = REPO_ROOT / "requirements"
-# Imported inside `try: ... except ImportError` only (metrics go to WandB when it is installed).
-OPTIONAL_IMPORTS = {"wandb"}
+# Imported lazily by code the image never runs: WandB logging (opt-in), the CPU demo's plot.
+OPTIONAL_IMPORTS = {"wandb", "matplotlib"}
 BASE_IMAGE_PACKAGES = {"torch"}  # the CUDA/vLLM base image provides it
 
 

@@ -1,0 +1,93 @@
+"""The demo pipeline end to end with tiny settings, and its pure pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill_trainer import data, demo, tiny
+from distill_trainer.cli import load_document
+
+
+def test_sft_response_shows_the_running_sums() -> None:
+    rows = data.arithmetic_rows([((3, 4, 7, 2), ("+", "+", "+")), ((9, 5, 1), ("-", "+"))], "t")
+    first, second = (data.row_to_record(r) for r in rows)
+    assert tiny.sft_response(first) == "7,14,\\boxed{16}"
+    assert tiny.sft_response(second) == "4,\\boxed{5}"
+
+
+def test_sft_response_is_just_the_box_otherwise() -> None:
+    rows = data.arithmetic_rows([((23, 48), ("+",)), ((2, 3, 4), ("+", "*"))], "t")
+    assert [tiny.sft_response(data.row_to_record(r)) for r in rows] == [
+        "\\boxed{71}",
+        "\\boxed{14}",
+    ]
+
+
+def test_sft_responses_are_graded_correct() -> None:
+    from distill_grader.grading import grade_answer
+
+    problems = data.arithmetic_problems(50, seed=4, max_operand=9, terms=4)
+    for record in map(data.row_to_record, data.arithmetic_rows(problems, "t")):
+        assert grade_answer(tiny.sft_response(record), record.ground_truth).score == 1.0
+
+
+@pytest.mark.parametrize("name", ["distill", "rl"])
+def test_example_jobs_are_valid_and_differ_only_in_the_kl(name: str, repo_root: Path) -> None:
+    job = load_document(repo_root / "examples" / demo.JOBS[name], [])
+    assert job.spec.needs_teacher is (name == "distill")
+    assert job.spec.student.model == "out/demo/models/student"
+    other = load_document(repo_root / "examples" / demo.JOBS["distill"], [])
+    assert job.spec.training == other.spec.training
+    assert job.spec.rollout == other.spec.rollout
+    assert job.spec.algorithm.rollout_n == other.spec.algorithm.rollout_n
+
+
+def test_format_table_lists_both_jobs() -> None:
+    job = {"val_reward_start": 0.1, "val_reward_end": 0.5, "steps": 3, "seconds": 1.5}
+    results = {
+        "teacher": {"val_reward": 0.9},
+        "distill": {**job, "final_kl_per_token": 0.25},
+        "rl": {**job, "final_kl_per_token": None},
+    }
+    lines = demo.format_table(results).splitlines()
+    assert lines[0] == "teacher val reward: 0.900"
+    assert lines[2].split() == ["distill", "0.100", "0.500", "0.250", "3", "1.5"]
+    assert lines[3].split() == ["rl", "0.100", "0.500", "-", "3", "1.5"]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_smoke(tmp_path: Path) -> None:
+    small = tiny.TinyModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
+    )
+    cfg = demo.DemoConfig(
+        out=tmp_path / "demo",
+        train_size=64,
+        val_size=8,
+        teacher_model=small,
+        student_model=small,
+        teacher_sft=tiny.SftConfig(steps=3, batch_size=8, warmup_steps=1),
+        student_sft=tiny.SftConfig(steps=1, batch_size=8, warmup_steps=1),
+        steps=2,
+        test_freq=1,
+        progress=False,
+        overrides=("training.batchSize=4", "algorithm.rolloutN=2", "training.ppoMiniBatchSize=2"),
+    )
+    results = demo.run_demo(cfg)
+    written = json.loads((cfg.out / "results.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    assert set(written) >= {"teacher", "distill", "rl"}
+    assert 0.0 <= written["teacher"]["val_reward"] <= 1.0
+    for name in ("distill", "rl"):
+        job = written[name]
+        assert set(job) >= {"val_reward_start", "val_reward_end", "steps", "seconds"}
+        assert job["steps"] == 2
+        assert job["seconds"] > 0
+        assert sorted(job["val_rewards"], key=int) == ["0", "1", "2"]
+    assert written["distill"]["final_kl_per_token"] is not None
+    assert written["rl"]["final_kl_per_token"] is None
+    assert (cfg.out / "demo.png").stat().st_size > 10_000
+    assert (cfg.out / "models" / "teacher" / "config.json").is_file()
