@@ -74,6 +74,7 @@ def test_demo_pipeline_smoke(tmp_path: Path) -> None:
         steps=2,
         test_freq=1,
         progress=False,
+        backend="inprocess",  # the Ray path has its own tests in tests/trainer/test_ray.py
         overrides=("training.batchSize=4", "algorithm.rolloutN=2", "training.ppoMiniBatchSize=2"),
     )
     results = demo.run_demo(cfg)

@@ -1,6 +1,6 @@
 """`make demo`: on-policy distillation vs pure RL, with tiny models on CPU, in a few minutes.
 
-    python -m distill_trainer.demo [--out out/demo] [--steps N] [--backend inprocess|ray]
+    python -m distill_trainer.demo [--out out/demo] [--steps N] [--backend ray|inprocess]
 
 1. data: a synthetic task, "What is 3 + 4 + 7 + 2?" (four one-digit terms), 2000 train / 200
    validation prompts, written by the same code as `python -m distill_trainer.data
@@ -15,7 +15,7 @@
 
 The job files point at out/demo/models/{student,teacher} and out/demo/data/; the demo makes those
 paths (links into the cache), so after it ran `python -m distill_trainer run
-examples/demo-distill.yaml --backend inprocess` works on its own too.
+examples/demo-distill.yaml` works on its own too.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class DemoConfig:
     steps: int | None = None  # overrides training.totalSteps of both jobs (None: the YAML's)
     test_freq: int | None = None  # overrides training.testFreq of both jobs
     overrides: tuple[str, ...] = ()  # more `--set PATH=VALUE` overrides for both jobs
-    backend: str = "inprocess"
+    # Local Ray, the embedded default: each role is a Ray actor, as on a cluster. The numbers are
+    # identical with "inprocess", which is ~40% faster on 2 cores (no inter-process copies).
+    backend: str = "ray"
     micro_batch_size: int = 256  # rows per forward pass: the whole step fits at once on CPU
     progress: bool = True
 
@@ -254,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m distill_trainer.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=DemoConfig.out)
     parser.add_argument("--steps", type=int, default=None, help="training steps of each job")
-    parser.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess")
+    parser.add_argument("--backend", choices=["ray", "inprocess"], default="ray")
     parser.add_argument(
         "--set",
         dest="overrides",
