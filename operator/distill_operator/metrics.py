@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics (port --metrics-port, path /metrics).
 
-Names are fixed by CONTRACTS.md and documented in docs/metrics.md.
+Names are a contract, documented in docs/metrics.md (a test checks both ways).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Training progress for `kubectl get dj`: scrape the trainer's /metrics into status fields.
 
-The trainer (on the Ray head) exports gauges labelled `distilljob=<job>` (see CONTRACTS and
-docs/metrics.md); the operator's timer reads a few of them every --progress-interval seconds.
+The trainer (on the Ray head) exports gauges labelled `distilljob=<job>` (see docs/metrics.md);
+the operator's timer reads a few of them every --progress-interval seconds.
 """
 
 from __future__ import annotations

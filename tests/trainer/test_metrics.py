@@ -14,7 +14,7 @@ from distill_trainer.config import RunOptions
 from distill_trainer.driver import run_job
 from distill_trainer.metrics import GAUGES, TIMING_PHASES, MetricsSink, prometheus_name
 
-# CONTRACTS.md, "Prometheus metrics": the trainer's gauges, exactly.
+# docs/metrics.md, "Trainer": the trainer's gauges, exactly.
 DOCUMENTED = {
     "training_step",
     "training_total_steps",
