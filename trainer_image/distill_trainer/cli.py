@@ -146,9 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_job(job, options)
     except JobInputError as err:
         return _fail(f"cannot run {job.metadata.name}", [str(err)])
+    val = ", ".join(f"step {step}: {reward:.3f}" for step, reward in summary.val_rewards.items())
     print(
-        f"{summary.job_name}: {summary.steps} steps in {summary.seconds:.1f}s, "
-        f"val rewards {summary.val_rewards}, metrics in {summary.metrics_path}"
+        f"{summary.job_name}: {summary.steps} steps in {summary.seconds:.1f}s; "
+        f"val reward {val or 'not measured'}; metrics in {summary.metrics_path}"
     )
     return 0
 
