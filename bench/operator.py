@@ -42,11 +42,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def shared_schemas() -> Path:
-    for path in (REPO.parent / "shared" / "schemas", REPO / "shared" / "schemas"):
-        if (path / "ray.io_rayjobs.yaml").is_file():
-            return path
-    raise SystemExit("ray.io_rayjobs.yaml not found beside or inside the checkout (shared/)")
+def upstream_schemas() -> Path:
+    """The vendored upstream CRDs (third_party/crd-schemas, see its README)."""
+    return REPO / "third_party" / "crd-schemas"
 
 
 def rss_mib(pid: int) -> float:
@@ -125,7 +123,7 @@ def run(jobs: int, rate: float) -> dict[str, Any]:
     """One server, one operator, `jobs` DistillJobs created `rate` per second (0: at once)."""
     crds = [
         REPO / "crds" / "distilljobs.distill.dev.yaml",
-        shared_schemas() / "ray.io_rayjobs.yaml",
+        upstream_schemas() / "ray.io_rayjobs.yaml",
     ]
     template = yaml.safe_load((REPO / "examples" / "math-distill.yaml").read_text())
     with FakeKube(crds=crds) as kube:

@@ -1,4 +1,8 @@
-"""Fixtures shared by every test folder: where the repo, its tools and the upstream schemas are."""
+"""Fixtures shared by every test folder: where the repo, its tools and the vendored schemas are.
+
+Tests read nothing outside the checkout: upstream CRDs are vendored in third_party/crd-schemas
+(`make schemas` refreshes them), and `.ci/run` runs the suite with the checkout's siblings hidden.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
+UPSTREAM_SCHEMAS = REPO_ROOT / "third_party" / "crd-schemas"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _find_shared_schemas() -> Path:
-    """shared/ lies beside the checkout (CI) or inside it; SHARED_SCHEMAS overrides both."""
-    candidates = [
-        Path(os.environ.get("SHARED_SCHEMAS", "/nonexistent")),
-        REPO_ROOT.parent / "shared" / "schemas",
-        REPO_ROOT / "shared" / "schemas",
-    ]
-    for path in candidates:
-        if (path / "ray.io_rayjobs.yaml").is_file():
-            return path
-    raise FileNotFoundError(f"upstream CRD schemas not found in any of {candidates}")
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +27,9 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_schemas() -> Path:
-    return _find_shared_schemas()
+def upstream_schemas() -> Path:
+    """KubeRay's and prometheus-operator's CRDs (third_party/crd-schemas/README.md)."""
+    return UPSTREAM_SCHEMAS
 
 
 def tool(name: str) -> str:

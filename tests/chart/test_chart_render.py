@@ -33,9 +33,9 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def custom_schemas(shared_schemas) -> dict[tuple[str, str], dict[str, Any]]:
+def custom_schemas(upstream_schemas) -> dict[tuple[str, str], dict[str, Any]]:
     paths = [
-        *sorted(shared_schemas.glob("monitoring.coreos.com_*.yaml")),
+        *sorted(upstream_schemas.glob("monitoring.coreos.com_*.yaml")),
         *sorted((CHART / "crds").glob("*.yaml")),
     ]
     return crd_schemas(paths)

@@ -144,10 +144,10 @@ def _submit(kube: FakeKube, job_file: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(render, tmp_path_factory, shared_schemas: Path) -> Iterator[Stack]:
+def stack(render, tmp_path_factory, upstream_schemas: Path) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("live")
     crds = [REPO_ROOT / "crds" / "distilljobs.distill.dev.yaml"]
-    crds.append(shared_schemas / "ray.io_rayjobs.yaml")
+    crds.append(upstream_schemas / "ray.io_rayjobs.yaml")
     ports = {"trainer": free_port(), "grader": free_port()}
     (deployment,) = find(render(), "Deployment")
     operator_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -22,10 +22,10 @@ NAMESPACE = "team-a"
 
 
 @pytest.fixture
-def kube(shared_schemas: Path) -> Iterator[FakeKube]:
+def kube(upstream_schemas: Path) -> Iterator[FakeKube]:
     crds = [
         REPO_ROOT / "crds" / "distilljobs.distill.dev.yaml",
-        shared_schemas / "ray.io_rayjobs.yaml",
+        upstream_schemas / "ray.io_rayjobs.yaml",
         CHART / "crds" / "kopf.dev_peerings.yaml",
     ]
     with FakeKube(crds=crds) as server:

@@ -15,16 +15,16 @@ import pytest
 from fakekube.harness import FakeKube
 
 
-def crd_paths(repo_root: Path, shared_schemas: Path) -> list[Path]:
+def crd_paths(repo_root: Path, upstream_schemas: Path) -> list[Path]:
     return [
         repo_root / "crds" / "distilljobs.distill.dev.yaml",
-        shared_schemas / "ray.io_rayjobs.yaml",
+        upstream_schemas / "ray.io_rayjobs.yaml",
     ]
 
 
 @pytest.fixture
-def fake_kube(repo_root: Path, shared_schemas: Path) -> Iterator[FakeKube]:
-    with FakeKube(crds=crd_paths(repo_root, shared_schemas)) as kube:
+def fake_kube(repo_root: Path, upstream_schemas: Path) -> Iterator[FakeKube]:
+    with FakeKube(crds=crd_paths(repo_root, upstream_schemas)) as kube:
         yield kube
 
 

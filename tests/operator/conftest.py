@@ -105,9 +105,9 @@ def unknown_fields(obj: Any, schema: dict[str, Any], path: str) -> list[str]:
 
 
 @pytest.fixture
-def validate_rayjob(shared_schemas: Path) -> Callable[[Body], None]:
+def validate_rayjob(upstream_schemas: Path) -> Callable[[Body], None]:
     """Raise if a RayJob breaks KubeRay's v1 schema or has fields KubeRay would prune."""
-    schema = _crd_schema(shared_schemas / "ray.io_rayjobs.yaml", "v1")
+    schema = _crd_schema(upstream_schemas / "ray.io_rayjobs.yaml", "v1")
 
     def validate(rayjob: Body) -> None:
         jsonschema.Draft4Validator(schema).validate(rayjob)
@@ -364,9 +364,9 @@ def conditions() -> Callable[[Body, str], Body]:
 
 
 @pytest.fixture(scope="session")
-def live_kube(repo_root: Path, shared_schemas: Path) -> Iterator[FakeKube]:
+def live_kube(repo_root: Path, upstream_schemas: Path) -> Iterator[FakeKube]:
     """FakeKube validating DistillJobs with the generated CRD and RayJobs with KubeRay's."""
-    with FakeKube(crds=crd_paths(repo_root, shared_schemas)) as server:
+    with FakeKube(crds=crd_paths(repo_root, upstream_schemas)) as server:
         yield server
 
 

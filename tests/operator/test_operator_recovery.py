@@ -33,8 +33,8 @@ def permissive_crd(repo_root: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def kube(repo_root: Path, shared_schemas: Path) -> Iterator[FakeKube]:
-    crds = [permissive_crd(repo_root), shared_schemas / "ray.io_rayjobs.yaml"]
+def kube(repo_root: Path, upstream_schemas: Path) -> Iterator[FakeKube]:
+    crds = [permissive_crd(repo_root), upstream_schemas / "ray.io_rayjobs.yaml"]
     with FakeKube(crds=crds) as server:
         yield server
 
