@@ -16,7 +16,7 @@ import torch
 
 from distill_trainer.config import RoleConfig, RunOptions
 from distill_trainer.driver import checkpoint, run_job, train_step
-from distill_trainer.roles.hf import HFTeacher
+from distill_trainer.roles.trainer import HFTeacher
 from distill_trainer.setup import setup_run
 
 ray = pytest.importorskip("ray")

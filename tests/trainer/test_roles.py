@@ -12,14 +12,9 @@ from distill_trainer.algorithm import entropy_from_logits, token_logprobs_from_l
 from distill_trainer.batch import RolloutBatch, last_token_rewards, pad_cat
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig, RolloutConfig
 from distill_trainer.roles import Rollouts, SamplingParams
-from distill_trainer.roles.hf import (
-    HFRolloutEngine,
-    HFTeacher,
-    first_eos_mask,
-    load_tokenizer,
-    response_logits,
-)
-from distill_trainer.roles.hf_train import HFActor, HFCritic
+from distill_trainer.roles.models import load_tokenizer
+from distill_trainer.roles.rollout_hf import HFRolloutEngine, first_eos_mask
+from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher, response_logits
 
 PROMPTS = ["What is 1 + 2?", "What is 3 + 3?", "What is 9 + 0?"]
 

@@ -16,8 +16,9 @@ from distill_trainer.config import RoleConfig
 from distill_trainer.data import PromptRecord, make_row, write_rows
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, prompt_batches
 from distill_trainer.roles.base import LogprobOutput
-from distill_trainer.roles.hf import load_tokenizer, truncated_rows
-from distill_trainer.roles.ray_group import merge_results, replica_config, split_rows
+from distill_trainer.roles.group import merge_results, replica_config, split_rows
+from distill_trainer.roles.models import load_tokenizer
+from distill_trainer.roles.rollout_hf import truncated_rows
 from distill_trainer.setup import load_prompts
 
 

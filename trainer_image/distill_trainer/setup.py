@@ -26,7 +26,7 @@ from distill_trainer.data import read_dataset
 from distill_trainer.metrics import MetricsSink
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, steps_per_epoch
 from distill_trainer.roles import Roles, SamplingParams, build_roles
-from distill_trainer.roles.hf import load_tokenizer, seed_everything
+from distill_trainer.roles.models import load_tokenizer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def _start(
 def _start_ray(options: RunOptions, closers: ExitStack) -> None:
     import ray
 
-    from distill_trainer.roles.ray_group import init_ray
+    from distill_trainer.roles.group import init_ray
 
     if init_ray(options.ray_num_cpus):
         closers.callback(ray.shutdown)

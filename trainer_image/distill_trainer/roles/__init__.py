@@ -68,8 +68,8 @@ def build_roles(
     pad_token_id: int,
 ) -> Roles:
     """Construct each needed role, in-process or as Ray actor groups."""
-    from distill_trainer.roles.hf import HFRolloutEngine, HFTeacher
-    from distill_trainer.roles.hf_train import HFActor, HFCritic
+    from distill_trainer.roles.rollout_hf import HFRolloutEngine
+    from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher
 
     wanted: dict[str, tuple[type, Any]] = {
         "rollout": (HFRolloutEngine, configs.rollout),
@@ -92,8 +92,8 @@ def build_roles(
 def _ray_group(
     name: str, cls: type, cfg: Any, spec: DistillJobSpec, n_roles: int, pad_token_id: int
 ) -> Any:
-    from distill_trainer.roles.hf import resolve_device
-    from distill_trainer.roles.ray_group import RayRoleGroup, placement_for
+    from distill_trainer.roles.group import RayRoleGroup, placement_for
+    from distill_trainer.roles.models import resolve_device
 
     group = getattr(spec.resources, name)
     replicas, gpus = (group.replicas, group.gpus_per_replica) if group else (1, 0)

@@ -1,8 +1,8 @@
 """The role interfaces the driver calls: rollout engine, actor (student), teacher, critic.
 
 The driver only ever calls these methods, so an implementation can live in the driver's process
-(roles/hf.py) or behind a Ray actor group (roles/ray_group.py) without the loop changing. Tensors
-cross the interface on the CPU; each role moves them to its own device.
+(roles/rollout_hf.py, roles/trainer.py) or behind a Ray actor group (roles/group.py) without the
+loop changing. Tensors cross the interface on the CPU; each role moves them to its own device.
 """
 
 from __future__ import annotations

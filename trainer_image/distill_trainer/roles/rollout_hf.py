@@ -1,126 +1,35 @@
-"""Hugging Face transformers implementations of the inference roles, and their shared helpers.
+"""The Hugging Face `generate` rollout engine.
 
 `HFRolloutEngine` samples with `model.generate` (batched, KV cache, left padding) and records the
 behaviour logprob of each sampled token on the fly, so no [B, T, V] score tensor is ever kept.
-`HFTeacher` scores responses micro-batch by micro-batch and keeps only the gathered token
-logprobs. The trainable roles (actor, critic) are in roles/hf_train.py.
+The vLLM engine (roles/rollout_vllm.py) implements the same `RolloutEngine` interface.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import random
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.utils import logging as hf_logging
 
-from distill_trainer.algorithm import token_logprobs_from_logits
-from distill_trainer.batch import RolloutBatch
-from distill_trainer.config import RoleConfig, RolloutConfig
+from distill_trainer.config import RolloutConfig
 from distill_trainer.roles.base import Rollouts, SamplingParams
+from distill_trainer.roles.models import (
+    autocast,
+    load_model,
+    load_tokenizer,
+    on_this_machine,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
-_Cfg = TypeVar("_Cfg", bound=RoleConfig)
-# Per-load progress bars would interleave with the trainer's own progress bar.
-hf_logging.disable_progress_bar()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python and torch (CPU and CUDA) so sampling and data order repeat."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` → cuda when this process sees a GPU, else cpu."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def on_this_machine(cfg: _Cfg) -> _Cfg:
-    """The config with its device resolved in the process that runs the role."""
-    return dataclasses.replace(cfg, device=resolve_device(cfg.device))
-
-
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(cfg: RoleConfig, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
-    """Load a model for a role: eval mode always (no dropout: logprobs must be reproducible)."""
-    dtype = torch.float32 if cfg.train or cfg.device == "cpu" else torch.bfloat16
-    model = auto_class.from_pretrained(cfg.model, dtype=dtype, **kwargs).to(cfg.device)
-    model.eval()
-    if not cfg.train:
-        model.requires_grad_(False)
-    return model
-
-
-def autocast(device: str) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (float32 master weights); nothing on CPU."""
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def micro_batches(batch: RolloutBatch, rows: int, device: str) -> Iterator[RolloutBatch]:
-    for chunk in batch.chunks(rows):
-        yield chunk.to(device)
-
-
-def response_logits(model: PreTrainedModel, batch: RolloutBatch) -> Tensor:
-    """[n, R, V] contiguous logits predicting each response token (columns P−1 … P+R−2).
-
-    `logits_to_keep` with these positions makes the vocab projection run on them alone, so the
-    result is its own contiguous tensor, not a slice of a larger one. The [n·R, V] reshapes of
-    the chunked logprob and entropy passes are then views: with grad on, their checkpointed
-    chunks keep these logits alive for backward, never a full copy of them.
-    """
-    width = batch.input_ids.shape[1]
-    positions = torch.arange(
-        width - batch.response_length - 1, width - 1, device=batch.input_ids.device
-    )
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=positions,
-        use_cache=False,
-    )
-    return out.logits
-
-
-@torch.inference_mode()
-def batch_token_logprobs(model: PreTrainedModel, batch: RolloutBatch, cfg: RoleConfig) -> Tensor:
-    """[N, R] logprobs of the response tokens, micro-batch by micro-batch (only these are kept)."""
-    parts = []
-    for mb in micro_batches(batch, cfg.micro_batch_size, cfg.device):
-        with autocast(cfg.device):
-            logits = response_logits(model, mb)
-        logprobs = token_logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
-        parts.append(torch.where(mb.response_mask.bool(), logprobs, 0.0).cpu())
-    return torch.cat(parts)
 
 
 class _SampledTokenLogprobs(LogitsProcessor):
@@ -182,7 +91,7 @@ def truncated_rows(response_ids: Tensor, eos_ids: Tensor) -> Tensor:
 
 
 class HFRolloutEngine:
-    """Sampling with `transformers` generate; a vLLM engine later implements the same methods."""
+    """Sampling with `transformers` generate."""
 
     def __init__(self, cfg: RolloutConfig) -> None:
         seed_everything(cfg.seed)
@@ -251,14 +160,3 @@ class HFRolloutEngine:
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         self.model.load_state_dict(weights)
-
-
-class HFTeacher:
-    """A frozen model that only scores the student's responses."""
-
-    def __init__(self, cfg: RoleConfig) -> None:
-        self.cfg = cfg = on_this_machine(cfg)
-        self.model = load_model(cfg)
-
-    def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
-        return batch_token_logprobs(self.model, batch, self.cfg)

@@ -1,10 +1,11 @@
-"""Trainable roles on Hugging Face models: the actor (student) and the critic (gae only).
+"""The model-holding workers that score and train: teacher, actor (student), critic (gae only).
 
-Both run the same optimisation schedule: `ppoEpochs` passes over the step's batch, each split
-into mini-batches of ppoMiniBatchSize × rolloutN responses (ppoMiniBatchSize counts prompts; the
-responses are shuffled across prompts; one optimizer step each), each mini-batch split into
-micro-batches whose gradients accumulate with weights that make the sum equal the loss over the
-whole mini-batch.
+Forward helpers (`response_logits`, `batch_token_logprobs`) are shared by all three; the teacher
+only scores the student's responses. The actor and the critic run the same optimisation schedule:
+`ppoEpochs` passes over the step's batch, each split into mini-batches of ppoMiniBatchSize ×
+rolloutN responses (ppoMiniBatchSize counts prompts; the responses are shuffled across prompts;
+one optimizer step each), each mini-batch split into micro-batches whose gradients accumulate with
+weights that make the sum equal the loss over the whole mini-batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForTokenClassification
+from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from distill_trainer.algorithm import (
     LossAgg,
@@ -30,19 +31,68 @@ from distill_trainer.algorithm import (
 )
 from distill_trainer.batch import RolloutBatch
 from distill_trainer.checkpoint import CheckpointWriter
-from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig
+from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles.base import LogprobOutput
-from distill_trainer.roles.hf import (
+from distill_trainer.roles.models import (
     autocast,
     load_model,
     load_tokenizer,
-    micro_batches,
     on_this_machine,
-    response_logits,
     seed_everything,
 )
 
 log = logging.getLogger(__name__)
+
+
+def micro_batches(batch: RolloutBatch, rows: int, device: str) -> Iterator[RolloutBatch]:
+    for chunk in batch.chunks(rows):
+        yield chunk.to(device)
+
+
+def response_logits(model: PreTrainedModel, batch: RolloutBatch) -> Tensor:
+    """[n, R, V] contiguous logits predicting each response token (columns P−1 … P+R−2).
+
+    `logits_to_keep` with these positions makes the vocab projection run on them alone, so the
+    result is its own contiguous tensor, not a slice of a larger one. The [n·R, V] reshapes of
+    the chunked logprob and entropy passes are then views: with grad on, their checkpointed
+    chunks keep these logits alive for backward, never a full copy of them.
+    """
+    width = batch.input_ids.shape[1]
+    positions = torch.arange(
+        width - batch.response_length - 1, width - 1, device=batch.input_ids.device
+    )
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=positions,
+        use_cache=False,
+    )
+    return out.logits
+
+
+@torch.inference_mode()
+def batch_token_logprobs(model: PreTrainedModel, batch: RolloutBatch, cfg: RoleConfig) -> Tensor:
+    """[N, R] logprobs of the response tokens, micro-batch by micro-batch (only these are kept)."""
+    parts = []
+    for mb in micro_batches(batch, cfg.micro_batch_size, cfg.device):
+        with autocast(cfg.device):
+            logits = response_logits(model, mb)
+        logprobs = token_logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
+        parts.append(torch.where(mb.response_mask.bool(), logprobs, 0.0).cpu())
+    return torch.cat(parts)
+
+
+class HFTeacher:
+    """A frozen model that only scores the student's responses."""
+
+    def __init__(self, cfg: RoleConfig) -> None:
+        self.cfg = cfg = on_this_machine(cfg)
+        self.model = load_model(cfg)
+
+    def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
+        return batch_token_logprobs(self.model, batch, self.cfg)
+
 
 # (micro-batch) -> (loss, metrics); the loss is the micro-batch's own aggregate.
 LossFn = Callable[[RolloutBatch], tuple[Tensor, dict[str, float]]]
