@@ -75,8 +75,11 @@ def test_update_moves_the_policy_along_the_advantages(
     run = _run(make_job(teacher={"model": str(teacher_dir)}), tmp_path)
     try:
         before = {k: v.clone() for k, v in run.roles.actor.get_weights().items()}
+        assert run.roles.actor.get_weights().version == 0
         _, batch = train_step(run, run.train[:BATCH])
-        after = run.roles.actor.get_weights()
+        weights = run.roles.actor.get_weights()
+        assert weights.version == 1
+        after = dict(weights.items())
         assert any(not torch.equal(before[k], after[k]) for k in before)
         # The surrogate improved: tokens with positive advantage became more likely, and those
         # with negative advantage less likely.
@@ -86,6 +89,7 @@ def test_update_moves_the_policy_along_the_advantages(
         # Weight sync: the rollout engine now samples from the updated student.
         synced = run.roles.rollout.model.state_dict()
         assert all(torch.equal(synced[k], after[k]) for k in after)
+        assert run.roles.rollout.weight_version == 1
     finally:
         run.close()
 

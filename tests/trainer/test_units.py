@@ -15,7 +15,7 @@ from distill_trainer.checkpoint import CheckpointWriter, checkpoint_root, list_c
 from distill_trainer.config import RoleConfig
 from distill_trainer.data import PromptRecord, make_row, write_rows
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, prompt_batches
-from distill_trainer.roles.base import LogprobOutput
+from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.group import merge_results, replica_config, split_rows
 from distill_trainer.roles.models import load_tokenizer
 from distill_trainer.roles.rollout_hf import truncated_rows
@@ -139,3 +139,13 @@ def test_merge_results() -> None:
     assert torch.equal(merge_results([a, b], 0), torch.cat([a, b]))
     merged = merge_results([LogprobOutput(a, a), LogprobOutput(b, b)], 0)
     assert torch.equal(merged.logprobs, torch.cat([a, b])) and merged.entropy.shape == (3, 2)
+
+
+def test_bucketed_caps_bucket_bytes_and_keeps_order() -> None:
+    named = [(f"w{i}", torch.zeros(n, dtype=torch.float32)) for i, n in enumerate([3, 2, 9, 1])]
+    buckets = bucketed(named, bucket_bytes=19)  # under 5 float32: no two of the first share
+    assert [list(b) for b in buckets] == [["w0"], ["w1"], ["w2"], ["w3"]]
+    weights = Weights(version=4, buckets=bucketed(named, bucket_bytes=24))
+    assert [list(b) for b in weights.buckets] == [["w0", "w1"], ["w2"], ["w3"]]
+    assert [name for name, _ in weights.items()] == ["w0", "w1", "w2", "w3"]
+    assert weights.nbytes == 4 * (3 + 2 + 9 + 1)

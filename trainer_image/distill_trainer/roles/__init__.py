@@ -24,6 +24,7 @@ from distill_trainer.roles.base import (
     Rollouts,
     SamplingParams,
     Teacher,
+    Weights,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ __all__ = [
     "Rollouts",
     "SamplingParams",
     "Teacher",
+    "Weights",
     "build_roles",
 ]
 

@@ -7,7 +7,8 @@ loop changing. Tensors cross the interface on the CPU; each role moves them to i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +71,47 @@ class Rollouts:
         )
 
 
+DEFAULT_BUCKET_BYTES = 256 << 20  # weight-sync bucket size (verl and vLLM use 256 MiB–1 GiB)
+
+
+@dataclass
+class Weights:
+    """The actor's weights for the rollout engines: named tensors in size-capped buckets.
+
+    The one weight-sync payload: the actor (one process or a sharded group) produces it, every
+    engine consumes `items()` in bucket order. `version` counts the actor's weight updates, so an
+    engine can tell which weights it holds and rollouts can say which weights sampled them.
+    """
+
+    version: int
+    buckets: list[dict[str, Tensor]] = field(default_factory=list)
+
+    def items(self) -> Iterator[tuple[str, Tensor]]:
+        for bucket in self.buckets:
+            yield from bucket.items()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, t in self.items())
+
+
+def bucketed(
+    named: Iterable[tuple[str, Tensor]], bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> list[dict[str, Tensor]]:
+    """Group named tensors, in order, into buckets of at most `bucket_bytes` (a larger tensor
+    gets a bucket of its own)."""
+    buckets: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        if buckets[-1] and size + nbytes > bucket_bytes:
+            buckets.append({})
+            size = 0
+        buckets[-1][name] = tensor
+        size += nbytes
+    return [b for b in buckets if b]
+
+
 @dataclass(frozen=True)
 class LogprobOutput:
     """The actor's pass over a batch: token logprobs and, when asked, token entropies."""
@@ -83,7 +125,7 @@ class RolloutEngine(Protocol):
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams
     ) -> Rollouts: ...
 
-    def load_weights(self, weights: Any) -> None:
+    def load_weights(self, weights: Weights) -> None:
         """Take the actor's weights (what `Actor.get_weights` returned)."""
 
 
@@ -95,7 +137,8 @@ class Actor(Protocol):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """PPO epochs × mini-batches on the batch's advantages; returns mean metrics."""
 
-    def get_weights(self) -> Any: ...
+    def get_weights(self) -> Weights:
+        """The current weights, full (gathered from shards where sharded), in buckets."""
 
     def save_checkpoint(self, root: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
         """Write `<root>/global_step_<step>/` (student, tokenizer, trainer_state.json with `state`)

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from distill_trainer.config import RolloutConfig
-from distill_trainer.roles.base import Rollouts, SamplingParams
+from distill_trainer.roles.base import Rollouts, SamplingParams, Weights
 from distill_trainer.roles.models import (
     autocast,
     load_model,
@@ -103,6 +103,7 @@ class HFRolloutEngine:
         eos.update(configured if isinstance(configured, list) else [configured])
         self.eos_ids = sorted(i for i in eos if i is not None)
         self.pad_id = int(self.tokenizer.pad_token_id)
+        self.weight_version = 0  # the actor's initial weights
         # A checkpoint's generation_config (e.g. an instruct model's repetition_penalty or top_k)
         # would change the sampling distribution behind the actor's back: keep only the ids.
         self.model.generation_config = GenerationConfig(
@@ -158,5 +159,6 @@ class HFRolloutEngine:
             truncated=truncated_rows(response_ids, eos_ids).cpu(),
         )
 
-    def load_weights(self, weights: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(weights)
+    def load_weights(self, weights: Weights) -> None:
+        self.model.load_state_dict(dict(weights.items()))
+        self.weight_version = weights.version

@@ -32,7 +32,7 @@ from distill_trainer.algorithm import (
 from distill_trainer.batch import RolloutBatch
 from distill_trainer.checkpoint import CheckpointWriter
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
-from distill_trainer.roles.base import LogprobOutput
+from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.models import (
     autocast,
     load_model,
@@ -119,6 +119,7 @@ class _Trainer:
             self.params, lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
         self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0  # run() calls so far: the version of the weights it leaves behind
 
     def mini_batches(self, batch: RolloutBatch) -> Iterator[RolloutBatch]:
         for _ in range(self.optim_cfg.ppo_epochs):
@@ -146,6 +147,7 @@ class _Trainer:
                 log.warning("%s: non-finite grad norm, optimizer step skipped", prefix)
             sums[f"{prefix}/grad_norm"] += grad_norm
             steps += 1
+        self.updates += 1
         metrics = {key: value / max(steps, 1) for key, value in sums.items()}
         metrics[f"{prefix}/lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
@@ -205,8 +207,9 @@ class HFActor:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         return self.trainer.run(batch, self._loss, "actor")
 
-    def get_weights(self) -> dict[str, Tensor]:
-        return {name: tensor.detach() for name, tensor in self.model.state_dict().items()}
+    def get_weights(self) -> Weights:
+        named = ((name, t.detach()) for name, t in self.model.state_dict().items())
+        return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
     def save(self, path: str) -> None:
         self.model.save_pretrained(path)
