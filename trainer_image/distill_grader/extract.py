@@ -1,8 +1,11 @@
 """Find the final answer in a model response (pure string code; no math-verify, no sympy).
 
 Order: the last ``\\boxed{...}`` / ``\\fbox{...}`` whose braces balance (or a bare
-``\\boxed 5`` / ``\\boxed5``), else the last "The answer is X" / "Answer: X" / "#### X", even
-where several share a line ("The answer is 5. But wait, the answer is 6" is 6). Brace matching
+``\\boxed 5`` / ``\\boxed5``), joined with the boxes just before it when only connectives
+separate them ("x = \\boxed{2} or x = \\boxed{3}" is "2, 3", as math-verify reads it), else
+the last "The answer is X" / "Answer: X" / "#### X", even where several share a line ("The
+answer is 5. But wait, the answer is 6" is 6); of a stated sentence, what follows its last "is"
+("Final Answer: The largest $n$ is 34." is 34). Brace matching
 walks only the brace tokens with an explicit stack, so 10,000 nested braces cost milliseconds and
 never touch the recursion limit. Every regex here is linear in the input (no nested quantifiers,
 no lazy scans to a far delimiter), and each stated answer is read only up to the next anchor.
@@ -24,6 +27,17 @@ _BARE_TRAILING = ".,;:?"  # "\boxed 5, so" ends a clause, not the answer
 _ANCHOR_RE = re.compile(r"\banswer\s+is\b\s*:?|\banswer\s*:|####(?=[ \t]*[-+$\\\d.(])", re.I)
 _DOLLAR_MATH_RE = re.compile(r"\$+([^$]+)\$+")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
+_INLINE_MATH_RE = re.compile(r"\$+[^$]*\$+|\\\(.*?\\\)")
+# "The largest $n$ is 34": the answer follows the sentence's last "is" outside math.
+_IS_RE = re.compile(r"\b(?:is|are)\b\s*:?", re.I)
+# What may separate boxes of one answer: math delimiters, punctuation, "and" / "or", and the
+# variable being named again ("x = \boxed{2} or x = \boxed{3}").
+_BOX_JOINER_RE = re.compile(
+    r"(?:\s|[$,;]|\\[()\[\]]|\\q?quad\b|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b"
+    r"|[A-Za-z](?:_\{?\w+\}?)?\s*=)*"
+)
+_MAX_JOINED_BOXES = 10
+_MAX_SENTENCE_CHARS = 1000
 
 
 def extract_answer(text: str) -> str | None:
@@ -35,25 +49,38 @@ def extract_answer(text: str) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last balanced, non-empty ``\\boxed{...}`` or ``\\fbox{...}``."""
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    if not starts:
+    """Content of the last balanced, non-empty ``\\boxed{...}`` or ``\\fbox{...}``, with the
+    boxes right before it that only connectives separate from it, joined by ", "."""
+    boxes = [(m.start(), m.end()) for m in _BOX_RE.finditer(text)]
+    if not boxes:
         return None
-    closing = _matching_braces(text, starts[0])
-    for start in reversed(starts):
-        answer = _box_argument(text, start, closing)
+    closing = _matching_braces(text, boxes[0][1])
+    for last in range(len(boxes) - 1, -1, -1):
+        answer, end = _box_argument(text, boxes[last][1], closing)
         if answer:
-            return answer
-    return None
+            break
+    else:
+        return None
+    answers, start = [answer], boxes[last][0]
+    for earlier in range(last - 1, max(last - _MAX_JOINED_BOXES, 0) - 1, -1):
+        previous, end = _box_argument(text, boxes[earlier][1], closing)
+        if not previous or end > start or not _BOX_JOINER_RE.fullmatch(text, end, start):
+            break
+        answers.append(previous)
+        start = boxes[earlier][0]
+    return ", ".join(reversed(answers))
 
 
-def _box_argument(text: str, start: int, closing: dict[int, int]) -> str | None:
+def _box_argument(text: str, start: int, closing: dict[int, int]) -> tuple[str | None, int]:
+    """(argument of the box whose name ends at ``start``, where the argument ends)."""
     brace = _SPACES_RE.match(text, start).end()
     if brace < len(text) and text[brace] == "{":
         close = closing.get(brace)
-        return None if close is None else text[brace + 1 : close].strip()
+        return (None, start) if close is None else (text[brace + 1 : close].strip(), close + 1)
     bare = _BARE_BOX_ARG_RE.match(text, start)
-    return bare.group(1).rstrip(_BARE_TRAILING) if bare else None
+    if bare is None:
+        return None, start
+    return bare.group(1).rstrip(_BARE_TRAILING), bare.end(1)
 
 
 def _matching_braces(text: str, start: int) -> dict[int, int]:
@@ -99,8 +126,10 @@ def last_stated_answer(text: str) -> str | None:
 
 
 def _clean_stated(raw: str) -> str:
-    """Keep the math of a stated answer: its first inline formula, else its first sentence."""
+    """Keep the math of a stated answer: what follows the first sentence's last "is" (outside
+    math), then of that its first inline formula, else its first sentence."""
     raw = raw.strip().strip("*").strip()
+    raw = raw[_after_last_is(raw) :].strip()
     opening = raw.find("\\(")
     closing = raw.find("\\)", opening + 2) if opening >= 0 else -1
     dollar = _DOLLAR_MATH_RE.search(raw)
@@ -110,6 +139,17 @@ def _clean_stated(raw: str) -> str:
         return raw[opening + 2 : closing].strip()
     end = _SENTENCE_END_RE.search(raw)
     return strip_math_delimiters(raw[: end.start()] if end else raw)
+
+
+def _after_last_is(raw: str) -> int:
+    """Where the answer starts in "The largest $n$ is 34. ...": after the first sentence's
+    last "is" / "are" outside inline math (0 when there is none)."""
+    # An answer sentence is short; the cap keeps the scan linear in a hostile response.
+    masked = _INLINE_MATH_RE.sub(lambda m: "$" * len(m.group()), raw[:_MAX_SENTENCE_CHARS])
+    end = _SENTENCE_END_RE.search(masked)
+    sentence = masked[: end.start()] if end else masked
+    found = [m.end() for m in _IS_RE.finditer(sentence)]
+    return found[-1] if found and sentence[found[-1] :].strip() else 0
 
 
 def strip_math_delimiters(answer: str) -> str:

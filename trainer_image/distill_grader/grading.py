@@ -36,7 +36,25 @@ _CONTROL_SPACE_RE = re.compile(r"(?<!\\)\\ ")  # "\ ", but not the end of a "\\"
 # Other space goes too, except between two digits: "2 3" is not 23 (math-verify agrees).
 _DIGIT_GAP_RE = re.compile(r"(?<=[\d.])\s+(?=[\d.])")
 _SPACE_RE = re.compile(r"\s+")
-_INT_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+_INT_RE = re.compile(r"[+-]?\d+")
+# Thousands separators: "1,234", "1{,}234", "1\\,234", "1\\ 234", "1~234" and "1 234" (as in
+# Math-Verify's tests). A comma followed by a space separates list items: "32, 349" is two numbers.
+_THOUSANDS_RE = re.compile(
+    r"(?<![\d.,])([1-9]\d{0,2})((?:(?:,|\{,\}|\\,|\\ |~| )\d{3})+)(?!\d|,\d)"
+)
+_THOUSANDS_SEPARATOR_RE = re.compile(r"\{,\}|\\,|\\ |[,~ ]")
+_SCALE_WORDS = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+_SCALE_RE = re.compile(
+    r"(\d(?:\.\d+)?)\s*(?:\\(?:text|textnormal|mathrm|mbox)\s*\{\s*(thousand|million|billion|trillion)"
+    r"\s*\}|(thousand|million|billion|trillion)\b)"
+)
+# -2 \le x \le 7, the interval [-2, 7]; "\le" but not "\left".
+_RELATION_RE = re.compile(r"\\(?:le|leq|ge|geq|lt|gt)(?![A-Za-z])|<=|>=|[<>≤≥]")
+_LESS = {"\\le": "]", "\\leq": "]", "<=": "]", "≤": "]", "\\lt": ")", "<": ")"}
+_GREATER = {"\\ge": "]", "\\geq": "]", ">=": "]", "≥": "]", "\\gt": ")", ">": ")"}
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+_VARIABLE_RE = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*")
 _INT_LIST_RE = re.compile(r"([(\[])([+-]?\d+(?:,[+-]?\d+)+)([)\]])")
 _LEADING_ZERO_RE = re.compile(r"[+-]?0\d+")
 
@@ -66,12 +84,64 @@ def compare_answers(extracted: str, ground_truth: str) -> Reason:
     return _verify(extracted, ground_truth)
 
 
+def prepare_answer(answer: str) -> str:
+    """What is compared (by the fast path and by math-verify): math delimiters dropped,
+    thousands separators removed, "2 million" as ``2\\times10^{6}``, and a chained inequality on
+    one variable (``-2\\le x\\le 7``) as its interval (``[-2, 7]``)."""
+    answer = strip_math_delimiters(answer)
+    answer = _THOUSANDS_RE.sub(lambda m: m[1] + _THOUSANDS_SEPARATOR_RE.sub("", m[2]), answer)
+    answer = _SCALE_RE.sub(lambda m: rf"{m[1]}\times10^{{{_SCALE_WORDS[m[2] or m[3]]}}}", answer)
+    return _inequality_as_interval(answer) or answer
+
+
+def _inequality_as_interval(answer: str) -> str | None:
+    """``a < x \\le b`` (or ``b \\ge x > a``) as ``(a, b]``; ``x > a`` as ``(a, \\infty)``."""
+    relations = list(_RELATION_RE.finditer(answer))
+    if len(relations) == 1:
+        op = relations[0].group()
+        left, right = answer[: relations[0].start()], answer[relations[0].end() :]
+        below, above = ("-\\infty", "\\infty") if op in _LESS else ("\\infty", "-\\infty")
+        if _VARIABLE_RE.fullmatch(left):  # x < b is -oo < x < b
+            return _interval([below, right.strip()], [op, op])
+        if _VARIABLE_RE.fullmatch(right):  # a < x is a < x < oo
+            return _interval([left.strip(), above], [op, op])
+        return None
+    if len(relations) != 2:
+        return None
+    first, second = relations
+    if not _VARIABLE_RE.fullmatch(answer[first.end() : second.start()]):
+        return None
+    bounds = [answer[: first.start()].strip(), answer[second.end() :].strip()]
+    return _interval(bounds, [first.group(), second.group()])
+
+
+def _flip(relation: str) -> str:
+    """The relation that reads the same from the other side: "<" for ">", "\\ge" for "\\le"."""
+    pairs = {"<": ">", "<=": ">=", "≤": "≥", "\\le": "\\ge", "\\leq": "\\geq", "\\lt": "\\gt"}
+    pairs |= {v: k for k, v in pairs.items()}
+    return pairs[relation]
+
+
+def _interval(bounds: list[str], relations: list[str]) -> str | None:
+    """The interval of ``bounds[0] rel0 x rel1 bounds[1]`` when both relations point one way."""
+    if not all(bound and not _LETTER_RE.search(_COMMAND_RE.sub("", bound)) for bound in bounds):
+        return None  # "x < y < z" relates variables: no interval of numbers
+    if all(op in _GREATER for op in relations):
+        bounds, relations = bounds[::-1], [_flip(op) for op in relations[::-1]]
+    elif not all(op in _LESS for op in relations):
+        return None
+    left = "(" if _LESS[relations[0]] == ")" or bounds[0] == "-\\infty" else "["
+    right = ")" if _LESS[relations[1]] == ")" or bounds[1] == "\\infty" else "]"
+    return f"{left}{bounds[0]}, {bounds[1]}{right}"
+
+
 def normalise_answer(answer: str) -> str:
-    """Spelling-only normalisation: delimiters, spacing, ``\\left``/``\\right``, ``\\dfrac``.
+    """Spelling-only normalisation of a prepared answer: spacing, ``\\left``/``\\right``,
+    ``\\dfrac``.
 
     Space between two digits stays (as one space), so that it cannot join ``2 3`` into ``23``.
     """
-    answer = strip_math_delimiters(answer)
+    answer = prepare_answer(answer)
     answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     answer = _SPACING_RE.sub("", answer.replace("{,}", ","))
     answer = _CONTROL_SPACE_RE.sub(" ", answer)
@@ -126,7 +196,7 @@ def _canonical_int(text: str) -> str | None:
     if not _INT_RE.fullmatch(text):
         return None
     sign = "-" if text.startswith("-") else ""
-    digits = text.lstrip("+-").replace(",", "").lstrip("0")
+    digits = text.lstrip("+-").lstrip("0")
     return sign + digits if digits else "0"
 
 
@@ -160,7 +230,7 @@ def _parse_cached(answer: str) -> tuple:
 
 
 def _parse(answer: str) -> tuple:
-    boxed = "\\boxed{" + strip_math_delimiters(answer) + "}"
+    boxed = "\\boxed{" + prepare_answer(answer) + "}"
     try:
         return tuple(parse(boxed, extraction_config=_EXTRACTION, parsing_timeout=None))
     except Exception:
