@@ -257,7 +257,7 @@ class LocalGrader:
         self._pool.close()
 
     def grade(self, items: Sequence[GradeRequestItem]) -> list[GradeResult]:
-        graded = self._pool.grade([(item.response, item.ground_truth) for item in items])
+        graded = self._pool.grade([(i.response, i.ground_truth, i.data_source) for i in items])
         return [
             GradeResult(id=item.id, **result.verdict._asdict())
             for item, result in zip(items, graded, strict=True)

@@ -7,6 +7,8 @@ the job name comes from ``DISTILL_JOB_NAME`` / ``--job-name``:
 - ``GRADER_PORT`` / ``--port``: ``8000``
 - ``GRADER_WORKERS`` / ``--workers``: ``2`` grading processes
 - ``GRADER_ITEM_TIMEOUT_S`` / ``--item-timeout-s``: ``10`` seconds per item
+- ``GRADER_REQUEST_TIMEOUT_S`` / ``--request-timeout-s``: ``120`` seconds per request (then its
+  remaining items are ``timeout``)
 - ``GRADER_MAX_BATCH`` / ``--max-batch``: ``4096`` items per request (more: 422)
 - ``GRADER_MAX_RESPONSE_CHARS`` / ``--max-response-chars``: ``32768`` (longer: ``too_long``)
 - ``GRADER_MAX_BODY_BYTES`` / ``--max-body-bytes``: ``67108864``, 64 MiB (larger: 413)
@@ -34,6 +36,12 @@ class GraderSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     workers: int = Field(2, ge=1, le=64, description="Grading worker processes.")
     item_timeout_s: float = Field(10.0, gt=0, le=300, description="Per-item grading deadline.")
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Per-request budget: then the request's remaining items are 'timeout'.",
+    )
     max_batch: int = Field(4096, ge=1, description="Most items in one request.")
     max_response_chars: int = Field(
         32768, ge=1, description="Longer responses or ground truths are graded 'too_long'."

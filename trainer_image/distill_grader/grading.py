@@ -1,6 +1,7 @@
 """Grade one response against its ground truth: extract, fast path, then math-verify.
 
-``grade_answer`` is what the pool's worker processes run for every item. It never raises: any
+``grade_item`` is what the pool's worker processes run for every item: the rule of the item's
+``data_source`` (``grade_answer``, math, for every source today). It never raises: any
 failure becomes a reason. math-verify's own timeouts use ``signal.alarm``, which only works in a
 process's main thread, so they are switched off here (``parsing_timeout=None``,
 ``timeout_seconds=None``); the pool enforces the per-item deadline by killing the worker instead,
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from distill_grader.extract import brace_depth, extract_answer, strip_math_delimiters
-from distill_grader.schema import Reason, Verdict
+from distill_grader.schema import DEFAULT_SOURCE, Reason, Verdict
 
 # math-verify warns once that its timeouts are off; that is deliberate here (see above).
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -57,6 +59,12 @@ _LETTER_RE = re.compile(r"[A-Za-z]")
 _VARIABLE_RE = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*")
 _INT_LIST_RE = re.compile(r"([(\[])([+-]?\d+(?:,[+-]?\d+)+)([)\]])")
 _LEADING_ZERO_RE = re.compile(r"[+-]?0\d+")
+
+
+def grade_item(response: str, ground_truth: str, data_source: str = DEFAULT_SOURCE) -> Verdict:
+    """Grade with the rule of the item's ``data_source``: every source is math today (see
+    ``GRADING_RULES``); a future source with other answers (code, proofs) adds its own rule."""
+    return GRADING_RULES.get(data_source, grade_answer)(response, ground_truth)
 
 
 def grade_answer(response: str, ground_truth: str) -> Verdict:
@@ -235,6 +243,10 @@ def _parse(answer: str) -> tuple:
         return tuple(parse(boxed, extraction_config=_EXTRACTION, parsing_timeout=None))
     except Exception:
         return ()
+
+
+# data_source -> grading rule; sources not listed here (every math set) use grade_answer.
+GRADING_RULES: dict[str, Callable[[str, str], Verdict]] = {}
 
 
 def warm_up() -> None:

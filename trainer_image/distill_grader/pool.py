@@ -1,22 +1,35 @@
-"""A process pool that grades answers with a hard per-item deadline.
+"""A process pool that grades answers with a hard per-item deadline and fair scheduling.
 
 One dispatcher thread owns ``workers`` processes (``forkserver`` by default, preloaded with
 math-verify, so a replacement starts in milliseconds; never ``fork``: the caller may hold torch or
-Ray threads). A batch is cut into chunks; an idle worker receives a whole chunk in one message and
-streams verdicts back. Each worker publishes, in shared memory, which item of its chunk it is on
-and since when. The dispatcher kills a worker whose current item has run past the deadline, marks
-that item ``timeout``, puts the unanswered rest of the chunk back at the head of the queue for the
-other workers, and starts a replacement. A worker that dies on its own (a crash, the OOM killer)
-costs its current item a ``parse_error`` the same way. Other items and batches are unaffected.
-Items longer than ``max_response_chars`` are ``too_long`` at once and never reach a worker.
+Ray threads). Each submitted batch (one HTTP request) keeps its own queue; an idle worker takes
+a chunk from the batch that holds the fewest workers (the oldest on a tie), so concurrent
+requests interleave. Each worker publishes, in shared memory, which item of its chunk it is on
+and since when, and reads a "yield" flag there between items.
 
-The service and ``LocalGrader`` both run this pool. As with any non-fork multiprocessing, a script
-run by path that starts one must guard its entry point with ``if __name__ == "__main__":``.
+- Deadline: the dispatcher kills a worker whose current item has run past ``item_timeout_s``
+  (time spent before a preemption counts), marks that item ``timeout``, puts the unanswered rest
+  of its chunk back at the head of its batch's queue and starts a replacement. A worker that
+  dies on its own (a crash, the OOM killer) costs its current item a ``parse_error`` the same way.
+- Fairness: when a batch has items waiting and no worker while every worker is busy, the worker
+  of the batch holding the most workers is asked to yield after its current item; if that item
+  has already run ``preempt_after_s`` (and was never preempted before), the worker is killed at
+  once and the item goes back to its queue, keeping the time it ran. So a 1-item request waits
+  about ``preempt_after_s`` behind a batch of slow items, not one item deadline per worker.
+- Budget: a batch still unfinished ``request_timeout_s`` after it was submitted gets ``timeout``
+  for all its remaining items; its workers are reclaimed the same way.
+
+Items longer than ``max_response_chars`` are ``too_long`` at once and never reach a worker. The
+pool is ``ready`` while it takes work and a worker is up (or was, moments ago: a worker being
+replaced does not make the pool unready). The service and ``LocalGrader`` both run this pool. As
+with any non-fork multiprocessing, a script run by path that starts one must guard its entry
+point with ``if __name__ == "__main__":``.
 
 Usage::
 
     with GradingPool(workers=2, item_timeout_s=10.0) as pool:
         results = pool.grade([("... \\boxed{4}", "4")])  # [PoolResult(verdict, seconds)]
+        results = pool.grade([("... \\boxed{4}", "4", "gsm8k")])  # with the item's data_source
 """
 
 from __future__ import annotations
@@ -31,12 +44,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple
 
 from distill_grader.extract import extract_answer
-from distill_grader.schema import Reason, Verdict
+from distill_grader.schema import DEFAULT_SOURCE, Reason, Verdict
 from distill_grader.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -45,6 +58,11 @@ _TICK_S = 0.05  # item clocks are re-read at least this often while workers are 
 _MAX_CHUNK = 32  # items per chunk: few messages, yet small enough to balance the workers
 _RESPAWN_DELAY_S = 1.0  # wait before replacing a worker that died before it was ready
 _STOP_GRACE_S = 2.0  # how long stopped workers get to exit before they are killed
+# A pool whose workers are all being replaced still serves within this: it stays ready.
+_READY_GRACE_S = 10.0
+DEFAULT_PREEMPT_AFTER_S = 0.5  # a hundred times a typical item (p99 ~20 ms)
+
+Item = tuple[str, str] | tuple[str, str, str]  # (response, ground truth[, data_source])
 
 
 class PoolClosedError(RuntimeError):
@@ -64,26 +82,37 @@ class WorkerState(NamedTuple):
 
 @dataclass(eq=False)  # hashed by identity: batches live in a set
 class _Batch:
-    pairs: Sequence[tuple[str, str]]
+    items: Sequence[Item]
     results: list[PoolResult | None]
     remaining: int
     future: Future[list[PoolResult]]
+    submitted: float
+    queue: deque[int] = field(default_factory=deque)  # positions waiting for a worker
+    # Chunks of items given back by a killed or yielding worker, sent again as they are: the
+    # items a killed worker had graded but not yet sent then end a chunk, whose end is flushed.
+    retry: deque[list[int]] = field(default_factory=deque)
+    chunk: int = 1  # items per chunk
+    holders: int = 0  # workers grading a chunk of this batch now
+    spent: dict[int, float] = field(default_factory=dict)  # seconds run before a preemption
+    preempted: set[int] = field(default_factory=set)  # preempted once: never again
 
 
 @dataclass
 class _Chunk:
     batch: _Batch
-    indices: list[int]  # positions in batch.pairs, in the order the worker grades them
+    indices: list[int]  # positions in batch.items, in the order the worker grades them
 
 
 @dataclass(eq=False)  # compared by identity
 class _Worker:
     process: Any  # multiprocessing process of the pool's context
     conn: Connection
-    clock: Any  # shared [position of the current item in the chunk, its start or 0.0 if none]
+    # shared [position of the current item in the chunk, its start or 0.0, yield-after-it flag]
+    clock: Any
     ready: bool = False
     chunk: _Chunk | None = None
     answered: set[int] | None = None  # chunk positions whose verdicts arrived
+    yielding: bool = False  # asked to stop after its current item
 
 
 def chunk_size(items: int, workers: int) -> int:
@@ -101,20 +130,31 @@ class GradingPool:
         max_response_chars: int = 32768,
         context: str = "forkserver",
         on_restart: Callable[[], None] | None = None,
+        *,
+        request_timeout_s: float | None = None,
+        preempt_after_s: float = DEFAULT_PREEMPT_AFTER_S,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        if item_timeout_s <= 0:
-            raise ValueError(f"item_timeout_s must be positive, got {item_timeout_s}")
+        for name, value in (
+            ("item_timeout_s", item_timeout_s),
+            ("preempt_after_s", preempt_after_s),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if request_timeout_s is not None and not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
         self._ctx = multiprocessing.get_context(context)
         if context == "forkserver":  # replacements then start without re-importing sympy
-            self._ctx.set_forkserver_preload(["distill_grader.grading"])
+            self._ctx.set_forkserver_preload(["distill_grader.warm"])
         self._timeout = item_timeout_s
+        self._budget = request_timeout_s
+        self._preempt_after = preempt_after_s
         self._max_chars = max_response_chars
         self._on_restart = on_restart
         self._slots: list[_Worker | None] = [None] * workers
         self._respawn_at = [0.0] * workers
-        self._pending: deque[_Chunk] = deque()  # dispatcher thread only
+        self._active: list[_Batch] = []  # accepted and not settled, oldest first; dispatcher only
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._incoming: deque[tuple[_Batch, list[int]]] = deque()  # guarded by _lock
@@ -124,10 +164,12 @@ class GradingPool:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._all_ready = threading.Event()
+        self._last_ready_at: float | None = None  # when a worker was last seen ready
         self._thread: threading.Thread | None = None
         self._closing = False
         self._stop = False
         self._restarts = 0
+        self._preemptions = 0
 
     def __enter__(self) -> GradingPool:
         return self.start()
@@ -142,8 +184,14 @@ class GradingPool:
 
     @property
     def ready(self) -> bool:
-        """True while every worker is up and the pool takes work."""
-        return self._all_ready.is_set() and not self._closing and self._running()
+        """True while the pool takes work and a worker is up, or was up moments ago (a worker
+        being replaced, even every worker at once, leaves the pool serving)."""
+        if self._closing or not self._running():
+            return False
+        if any(w is not None and w.ready for w in list(self._slots)):
+            return True
+        seen = self._last_ready_at
+        return seen is not None and time.monotonic() - seen < _READY_GRACE_S
 
     def worker_states(self) -> list[WorkerState]:
         """A snapshot of the workers, for logs and tests (slots being restarted are absent)."""
@@ -158,8 +206,13 @@ class GradingPool:
 
     @property
     def restarts(self) -> int:
-        """Workers replaced so far (deadline kills and crashes)."""
+        """Workers replaced so far (deadline kills, preemptions and crashes)."""
         return self._restarts
+
+    @property
+    def preemptions(self) -> int:
+        """Workers killed mid-item so that another batch could be served."""
+        return self._preemptions
 
     def start(self) -> GradingPool:
         """Start the dispatcher and the workers; returns at once (see ``wait_ready``)."""
@@ -175,22 +228,22 @@ class GradingPool:
         """Block until every worker is up; False if that took longer than ``timeout_s``."""
         return self._all_ready.wait(timeout_s)
 
-    def grade(self, pairs: Sequence[tuple[str, str]]) -> list[PoolResult]:
-        """Grade (response, ground truth) pairs; results in input order."""
-        return self.submit(pairs).result()
+    def grade(self, items: Sequence[Item]) -> list[PoolResult]:
+        """Grade (response, ground truth[, data_source]) items; results in input order."""
+        return self.submit(items).result()
 
-    def submit(self, pairs: Sequence[tuple[str, str]]) -> Future[list[PoolResult]]:
-        """Queue pairs for grading; the future resolves to one result per pair, in order."""
+    def submit(self, items: Sequence[Item]) -> Future[list[PoolResult]]:
+        """Queue items for grading; the future resolves to one result per item, in order."""
         self.start()
         future: Future[list[PoolResult]] = Future()
-        results: list[PoolResult | None] = [None] * len(pairs)
+        results: list[PoolResult | None] = [None] * len(items)
         todo = []
-        for index, (response, ground_truth) in enumerate(pairs):
+        for index, (response, ground_truth, *_) in enumerate(items):
             if len(response) > self._max_chars or len(ground_truth) > self._max_chars:
                 results[index] = PoolResult(Verdict(0.0, Reason.TOO_LONG, None), None)
             else:
                 todo.append(index)
-        batch = _Batch(pairs, results, len(todo), future)
+        batch = _Batch(items, results, len(todo), future, time.monotonic())
         if not todo:
             future.set_result(results)  # type: ignore[arg-type]  # every slot is filled
             return future
@@ -228,6 +281,7 @@ class GradingPool:
         with self._lock:
             self._batches.discard(batch)
             self._changed.notify_all()
+        self._wake()  # its workers may be reclaimed
 
     def _running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -247,6 +301,8 @@ class GradingPool:
                 self._dispatch()
                 self._wait_and_read()
                 self._enforce_deadlines()
+                self._enforce_budgets()
+                self._make_room()
         except Exception:
             log.exception("grading pool dispatcher failed; failing all queued batches")
         finally:
@@ -266,7 +322,7 @@ class GradingPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        clock = self._ctx.RawArray("d", 2)
+        clock = self._ctx.RawArray("d", 3)
         process = self._ctx.Process(
             target=worker_main, args=(child, clock), name="grader-worker", daemon=True
         )
@@ -275,28 +331,32 @@ class GradingPool:
         return _Worker(process, parent, clock)
 
     def _accept_incoming(self) -> None:
-        workers = len(self._slots)
         with self._lock:
             incoming, self._incoming = self._incoming, deque()
         for batch, todo in incoming:
-            size = chunk_size(len(todo), workers)
-            for start in range(0, len(todo), size):
-                self._pending.append(_Chunk(batch, todo[start : start + size]))
+            batch.queue.extend(todo)
+            batch.chunk = chunk_size(len(todo), len(self._slots))
+            self._active.append(batch)
 
     def _dispatch(self) -> None:
+        self._active = [b for b in self._active if not b.future.done() or b.holders]
         for worker in self._slots:
-            if not self._pending:
-                return
             if worker is None or not worker.ready or worker.chunk is not None:
                 continue
-            chunk = self._pending.popleft()
-            while chunk.batch.future.done() and self._pending:  # failed or cancelled batch
-                chunk = self._pending.popleft()
-            if chunk.batch.future.done():
+            waiting = [b for b in self._active if _has_work(b)]
+            if not waiting:
                 return
-            worker.chunk, worker.answered = chunk, set()
+            batch = min(waiting, key=lambda b: b.holders)  # oldest first among equals
+            if batch.retry:
+                indices = batch.retry.popleft()
+            else:
+                size = min(batch.chunk, len(batch.queue))
+                indices = [batch.queue.popleft() for _ in range(size)]
+            worker.chunk, worker.answered = _Chunk(batch, indices), set()
+            worker.clock[2], worker.yielding = 0.0, False
+            batch.holders += 1
             try:
-                worker.conn.send([tuple(chunk.batch.pairs[i]) for i in chunk.indices])
+                worker.conn.send([_job(batch.items[i]) for i in indices])
             except OSError:
                 self._retire(worker, Reason.PARSE_ERROR)
 
@@ -307,6 +367,8 @@ class GradingPool:
                 self._drain_wake_pipe()
             elif by_conn[ready] in self._slots:  # not retired earlier in this loop
                 self._read(by_conn[ready])
+        if any(w is not None and w.ready for w in self._slots):
+            self._last_ready_at = time.monotonic()
 
     def _wait_timeout(self) -> float | None:
         now = time.monotonic()
@@ -329,7 +391,10 @@ class GradingPool:
             self._retire(worker, Reason.PARSE_ERROR)
 
     def _handle(self, worker: _Worker, message: Any) -> None:
-        if isinstance(message, tuple):  # ("ready", pid)
+        if isinstance(message, tuple):  # ("ready", pid) or ("yielded", next position)
+            if message[0] == "yielded" and worker.chunk is not None:
+                self._requeue(worker, None)
+                return
             worker.ready = True
             if all(w is not None and w.ready for w in self._slots):
                 self._all_ready.set()
@@ -339,10 +404,18 @@ class GradingPool:
             return
         for position, score, reason, extracted, seconds in message:
             worker.answered.add(position)
+            index = chunk.indices[position]
             verdict = Verdict(score, Reason(reason), extracted)
-            self._set_result(chunk.batch, chunk.indices[position], PoolResult(verdict, seconds))
+            seconds += chunk.batch.spent.get(index, 0.0)
+            self._set_result(chunk.batch, index, PoolResult(verdict, seconds))
         if len(worker.answered) == len(chunk.indices):
-            worker.chunk, worker.answered = None, None
+            self._release(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        """The worker is done with its chunk (finished, yielded or killed)."""
+        if worker.chunk is not None:
+            worker.chunk.batch.holders -= 1
+        worker.chunk, worker.answered, worker.yielding = None, None, False
 
     def _set_result(self, batch: _Batch, index: int, result: PoolResult) -> None:
         if batch.results[index] is not None:
@@ -352,17 +425,72 @@ class GradingPool:
         if batch.remaining == 0:
             _settle(batch.future, result=batch.results)
 
+    def _current(self, worker: _Worker) -> tuple[int, float] | None:
+        """(batch position, seconds it has run in all) of the worker's current item, if any."""
+        chunk, start = worker.chunk, worker.clock[1]
+        position = int(worker.clock[0])
+        if chunk is None or not start or position >= len(chunk.indices):
+            return None
+        index = chunk.indices[position]
+        return index, time.monotonic() - start + chunk.batch.spent.get(index, 0.0)
+
     def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
         for worker in list(self._slots):
-            if worker is None or worker.chunk is None:
-                continue
-            start = worker.clock[1]
-            if start and now - start > self._timeout:
+            current = None if worker is None else self._current(worker)
+            if current is not None and current[1] > self._timeout:
                 self._retire(worker, Reason.TIMEOUT)
 
-    def _retire(self, worker: _Worker, reason: Reason) -> None:
-        """Kill ``worker``, settle its chunk (``reason`` for the current item), replace it."""
+    def _enforce_budgets(self) -> None:
+        """Batches past ``request_timeout_s``: ``timeout`` for every item still unanswered."""
+        if self._budget is None:
+            return
+        now = time.monotonic()
+        for batch in self._active:
+            if not batch.future.done() and now - batch.submitted > self._budget:
+                batch.queue.clear()
+                batch.retry.clear()
+                for index, result in enumerate(batch.results):
+                    if result is None:
+                        extracted = _safe_extract(batch.items[index][0])
+                        verdict = Verdict(0.0, Reason.TIMEOUT, extracted)
+                        self._set_result(batch, index, PoolResult(verdict, None))
+
+    def _make_room(self) -> None:
+        """Reclaim workers for batches that wait with none, and from settled batches."""
+        workers = [w for w in self._slots if w is not None]
+        for worker in workers:
+            if worker.chunk is not None and worker.chunk.batch.future.done():
+                self._ask_to_yield(worker)  # cancelled or out of budget: nothing to wait for
+        starved = [b for b in self._active if _has_work(b) and not b.holders]
+        coming = sum(w is None or not w.ready or w.chunk is None or w.yielding for w in self._slots)
+        for _ in range(len(starved) - coming):
+            busy = [w for w in workers if w.chunk is not None and not w.yielding]
+            if not busy:
+                break
+            self._ask_to_yield(max(busy, key=_holders))
+        for worker in workers:
+            if worker in self._slots and worker.yielding:
+                self._preempt_if_slow(worker)
+
+    def _ask_to_yield(self, worker: _Worker) -> None:
+        worker.clock[2], worker.yielding = 1.0, True
+
+    def _preempt_if_slow(self, worker: _Worker) -> None:
+        """Kill a yielding worker whose current item would keep it long; the item is retried."""
+        current = self._current(worker)
+        if current is None or worker.chunk is None:
+            return
+        index, seconds = current
+        batch = worker.chunk.batch
+        # A settled batch's item is of no use; any other is preempted only once, so that an item
+        # that needs more than preempt_after_s still gets graded.
+        if seconds >= self._preempt_after and (batch.future.done() or index not in batch.preempted):
+            self._preemptions += 1
+            self._retire(worker, None)
+
+    def _retire(self, worker: _Worker, reason: Reason | None) -> None:
+        """Kill ``worker``, settle its chunk (``reason`` for the current item; None: it is
+        preempted and goes back to its queue), replace it."""
         slot = self._slots.index(worker)
         worker.process.kill()
         worker.process.join()
@@ -372,39 +500,52 @@ class GradingPool:
         except (EOFError, OSError):
             pass
         if worker.chunk is not None:
-            self._requeue(worker, reason)
+            self._requeue(worker, self._current_after_kill(worker, reason))
         worker.conn.close()
         self._slots[slot] = None
         self._respawn_at[slot] = time.monotonic() + (0.0 if worker.ready else _RESPAWN_DELAY_S)
         self._all_ready.clear()
         self._restarts += 1
-        log.warning("replaced grading worker pid=%s reason=%s", worker.process.pid, reason.value)
+        label = "preempted" if reason is None else reason.value
+        log.warning("replaced grading worker pid=%s reason=%s", worker.process.pid, label)
         if self._on_restart is not None:
             try:
                 self._on_restart()
             except Exception:
                 log.exception("on_restart callback failed")
 
-    def _requeue(self, worker: _Worker, reason: Reason) -> None:
+    def _current_after_kill(self, worker: _Worker, reason: Reason | None) -> int | None:
+        """Settle the killed worker's current item (``reason``; None: preempted, it is retried
+        and keeps the time it ran); return its chunk position (None if between items)."""
         chunk, answered = worker.chunk, worker.answered or set()
         assert chunk is not None
         position, start = int(worker.clock[0]), worker.clock[1]
-        elapsed = time.monotonic() - start
-        current = position if start and position not in answered else None
-        if reason is Reason.TIMEOUT and elapsed <= self._timeout:
-            current = None  # the worker moved on to a fresh item just before the kill
-        if current is not None:
-            index = chunk.indices[current]
-            verdict = Verdict(0.0, reason, _safe_extract(chunk.batch.pairs[index][0]))
-            self._set_result(chunk.batch, index, PoolResult(verdict, elapsed))
-        rest = [
-            index
-            for p, index in enumerate(chunk.indices)
-            if p not in answered and p != current and chunk.batch.results[index] is None
-        ]
-        if rest:
-            self._pending.appendleft(_Chunk(chunk.batch, rest))
-        worker.chunk, worker.answered = None, None
+        if not start or position in answered or position >= len(chunk.indices):
+            return None
+        index = chunk.indices[position]
+        batch = chunk.batch
+        ran = time.monotonic() - start + batch.spent.get(index, 0.0)
+        if reason is None:
+            batch.spent[index] = ran
+            batch.preempted.add(index)
+        elif reason is not Reason.TIMEOUT or ran > self._timeout:
+            verdict = Verdict(0.0, reason, _safe_extract(batch.items[index][0]))
+            self._set_result(batch, index, PoolResult(verdict, ran))
+        # else: the worker moved on to a fresh item just before the kill; it is retried
+        return position
+
+    def _requeue(self, worker: _Worker, split: int | None) -> None:
+        """Give the chunk's unanswered items back to its batch, first in line, as two chunks:
+        those before position ``split`` (the killed item; graded, maybe, but unsent) and the
+        rest (``split`` None: one chunk)."""
+        chunk = worker.chunk
+        assert chunk is not None
+        split = len(chunk.indices) if split is None else split
+        for part in (chunk.indices[split:], chunk.indices[:split]):  # each pushed to the front
+            rest = [i for i in part if chunk.batch.results[i] is None]
+            if rest:
+                chunk.batch.retry.appendleft(rest)
+        self._release(worker)
 
     def _stop_workers(self) -> None:
         workers = [w for w in self._slots if w is not None]
@@ -424,9 +565,23 @@ class GradingPool:
         with self._lock:
             batches = list(self._batches)
             self._incoming.clear()
-        self._pending.clear()
+        self._active.clear()
         for batch in batches:
             _settle(batch.future, error=error)
+
+
+def _has_work(batch: _Batch) -> bool:
+    return bool(batch.queue or batch.retry) and not batch.future.done()
+
+
+def _holders(worker: _Worker) -> int:
+    return worker.chunk.batch.holders if worker.chunk is not None else 0
+
+
+def _job(item: Item) -> tuple[str, str, str]:
+    """What a worker grades: (response, ground truth, data_source)."""
+    response, ground_truth, *source = item
+    return response, ground_truth, source[0] if source else DEFAULT_SOURCE
 
 
 def _settle(future: Future[Any], result: Any = None, error: Exception | None = None) -> None:

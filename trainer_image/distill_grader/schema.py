@@ -13,6 +13,9 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The data_source of items that name none; any source without a rule of its own is graded as math.
+DEFAULT_SOURCE = "math"
+
 
 class Reason(StrEnum):
     """Why an item got its score; only ``correct`` scores 1.0."""
@@ -50,8 +53,14 @@ class GradeRequestItem(BaseModel):
     id: str = Field(max_length=256, description="Caller's id, echoed in the result.")
     response: str = Field(description="The model's full response text.")
     ground_truth: str = Field(description="The reference answer (LaTeX or plain).")
+    data_source: str = Field(
+        DEFAULT_SOURCE,
+        min_length=1,
+        max_length=128,
+        description="The dataset row's data_source: picks the grading rule, labels the metrics.",
+    )
 
-    @field_validator("id", "response", "ground_truth")
+    @field_validator("id", "response", "ground_truth", "data_source")
     @classmethod
     def _replace_lone_surrogates(cls, value: str) -> str:
         return clean_text(value)

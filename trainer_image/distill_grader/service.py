@@ -2,14 +2,17 @@
 
 Endpoints:
 
-- ``POST /v1/grade``: body ``{"items": [{"id", "response", "ground_truth"}, ...]}``, answer
+- ``POST /v1/grade``: body ``{"items": [{"id", "response", "ground_truth", "data_source"}, ...]}``
+  (``data_source`` optional, default ``math``), answer
   ``{"results": [{"id", "score", "reason", "extracted"}, ...]}`` in request order. A batch over
   ``max_batch`` items or a malformed body gets 422 naming the field (``loc``); a body over
   ``max_body_bytes`` gets 413; an over-long response is not an error but the reason ``too_long``.
   Invalid UTF-8 in the body is replaced by U+FFFD and graded like any text.
-- ``GET /healthz`` (200 while the server and its pool dispatcher run), ``GET /readyz`` (200 only
-  while every grading worker is up), ``GET /metrics`` (Prometheus), ``GET /openapi.json``, and
-  ``GET /docs``.
+  Concurrent requests share the workers fairly, and a request still unfinished after
+  ``request_timeout_s`` gets ``timeout`` for its remaining items (see ``distill_grader.pool``).
+- ``GET /healthz`` (200 while the server and its pool dispatcher run), ``GET /readyz`` (200 while
+  the pool takes work and has a worker up; a worker being replaced does not make it unready),
+  ``GET /metrics`` (Prometheus), ``GET /openapi.json``, and ``GET /docs``.
 
 On SIGTERM uvicorn stops accepting connections and lets in-flight batches finish (up to
 ``graceful_timeout_s``) before the worker pool is closed.
@@ -125,11 +128,11 @@ async def grade(body: GradeRequest, request: Request) -> GradeResponse:
         )
     pool: GradingPool = request.app.state.pool
     try:
-        future = pool.submit([(item.response, item.ground_truth) for item in body.items])
-        graded = await asyncio.wrap_future(future)
+        items = [(item.response, item.ground_truth, item.data_source) for item in body.items]
+        graded = await asyncio.wrap_future(pool.submit(items))
     except PoolClosedError as error:
         raise HTTPException(503, "the grader is shutting down") from error
-    request.app.state.metrics.count_batch(graded)
+    request.app.state.metrics.count_batch(graded, (item.data_source for item in body.items))
     return GradeResponse(
         results=[
             GradeResult(id=item.id, **result.verdict._asdict())
@@ -146,7 +149,7 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "grading pool stopped"}, status_code=503)
 
 
-@probe_router.get("/readyz", summary="Readiness: every grading worker is up", responses={503: {}})
+@probe_router.get("/readyz", summary="Readiness: the pool takes work", responses={503: {}})
 async def readyz(request: Request) -> JSONResponse:
     pool: GradingPool | None = getattr(request.app.state, "pool", None)
     if pool is not None and pool.ready:
@@ -184,6 +187,7 @@ def create_app(settings: GraderSettings | None = None) -> FastAPI:
             item_timeout_s=settings.item_timeout_s,
             max_response_chars=settings.max_response_chars,
             on_restart=metrics.count_restart,
+            request_timeout_s=settings.request_timeout_s,
         )
         app.state.pool = pool.start()
         try:
