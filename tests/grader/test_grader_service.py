@@ -146,8 +146,8 @@ def test_metrics_are_labelled_with_the_job(grader_server: str, client: HttpGrade
     job = 'distilljob="test-job"'
     assert samples[f'grader_requests_total{{{job},status="200"}}'] >= 1
     assert samples[f'grader_requests_total{{{job},status="422"}}'] >= 1
-    assert samples[f'grader_items_total{{{job},reason="correct"}}'] >= 1
-    assert samples[f'grader_items_total{{{job},reason="no_answer"}}'] >= 1
+    assert samples[f'grader_items_total{{data_source="math",{job},reason="correct"}}'] >= 1
+    assert samples[f'grader_items_total{{data_source="math",{job},reason="no_answer"}}'] >= 1
     for name in [
         "grader_request_duration_seconds_count",
         "grader_item_duration_seconds_count",
@@ -157,6 +157,35 @@ def test_metrics_are_labelled_with_the_job(grader_server: str, client: HttpGrade
     ]:
         assert f"{name}{{{job}}}" in samples, name
     assert samples[f"grader_batch_size_count{{{job}}}"] >= 1
+
+
+def test_items_are_counted_per_data_source(grader_server: str, client: HttpGraderClient) -> None:
+    before = _metrics(grader_server)
+    items = [
+        GradeRequestItem(id="a", response=r"\boxed{72}", ground_truth="72", data_source="gsm8k"),
+        GradeRequestItem(id="b", response=r"\boxed{71}", ground_truth="72", data_source="gsm8k"),
+        GradeRequestItem(id="c", response=r"\boxed{\frac12}", ground_truth="0.5"),
+    ]
+    assert [r.reason for r in client.grade(items)] == ["correct", "wrong", "correct"]
+    after = _metrics(grader_server)
+    job = 'distilljob="test-job"'
+
+    def grown(source: str, reason: str) -> float:
+        name = f'grader_items_total{{data_source="{source}",{job},reason="{reason}"}}'
+        return after[name] - before.get(name, 0.0)
+
+    assert (grown("gsm8k", "correct"), grown("gsm8k", "wrong"), grown("math", "correct")) == (
+        1,
+        1,
+        1,
+    )
+
+
+def test_a_bad_data_source_is_refused_naming_the_field(grader_server: str) -> None:
+    body = {"items": [{"id": "a", "response": "1", "ground_truth": "1", "data_source": ""}]}
+    response = _post(grader_server, json.dumps(body).encode())
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "items", 0, "data_source"]
 
 
 def test_openapi_schema_documents_the_batch_format(grader_server: str) -> None:

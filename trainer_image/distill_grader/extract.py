@@ -24,7 +24,15 @@ _SPACES_RE = re.compile(r"\s*")
 _BARE_BOX_ARG_RE = re.compile(r"[ \t]*([^\s${}.,;:?][^\s$]*)")
 _BARE_TRAILING = ".,;:?"  # "\boxed 5, so" ends a clause, not the answer
 # "#### X" only when X starts like a number or formula: "#### Step 2" is a markdown heading.
-_ANCHOR_RE = re.compile(r"\banswer\s+is\b\s*:?|\banswer\s*:|####(?=[ \t]*[-+$\\\d.(])", re.I)
+# "Answer \[ 9 \]": the word then display or inline math also states an answer.
+_ANCHOR_RE = re.compile(
+    r"\banswer\s+is\b\s*:?|\banswer\s*:|\banswer\s*(?=\$|\\[\[(])|####(?=[ \t]*[-+$\\\d.(])", re.I
+)
+# Where plain words start after a stated number; scale words are part of the number.
+_TRAILING_WORDS_RE = re.compile(
+    r"[\s,;]+(?!(?:thousand|million|billion|trillion|percent)\b)[A-Za-z]{2,}\b", re.I
+)
+_PHRASE_START_RE = re.compile(r"[A-Za-z]{2,}\b")  # "The largest $n$ is 34", not "5 and ... is 2"
 _DOLLAR_MATH_RE = re.compile(r"\$+([^$]+)\$+")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 _INLINE_MATH_RE = re.compile(r"\$+[^$]*\$+|\\\(.*?\\\)")
@@ -126,10 +134,12 @@ def last_stated_answer(text: str) -> str | None:
 
 
 def _clean_stated(raw: str) -> str:
-    """Keep the math of a stated answer: what follows the first sentence's last "is" (outside
-    math), then of that its first inline formula, else its first sentence."""
+    """Keep the math of a stated answer: of a phrase ("the largest $n$ is 34"), what follows its
+    last "is"; then its first inline formula, else its first sentence up to its first word
+    ("5 and the remainder is 2" is 5, "34, since 35 fails" is 34)."""
     raw = raw.strip().strip("*").strip()
-    raw = raw[_after_last_is(raw) :].strip()
+    if _PHRASE_START_RE.match(raw):
+        raw = raw[_after_last_is(raw) :].strip()
     opening = raw.find("\\(")
     closing = raw.find("\\)", opening + 2) if opening >= 0 else -1
     dollar = _DOLLAR_MATH_RE.search(raw)
@@ -138,7 +148,9 @@ def _clean_stated(raw: str) -> str:
     if closing >= 0:
         return raw[opening + 2 : closing].strip()
     end = _SENTENCE_END_RE.search(raw)
-    return strip_math_delimiters(raw[: end.start()] if end else raw)
+    sentence = raw[: end.start()] if end else raw
+    word = _TRAILING_WORDS_RE.search(sentence)
+    return strip_math_delimiters(sentence[: word.start()] if word else sentence).rstrip(",;")
 
 
 def _after_last_is(raw: str) -> int:

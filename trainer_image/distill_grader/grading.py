@@ -56,7 +56,9 @@ _LESS = {"\\le": "]", "\\leq": "]", "<=": "]", "≤": "]", "\\lt": ")", "<": ")"
 _GREATER = {"\\ge": "]", "\\geq": "]", ">=": "]", "≥": "]", "\\gt": ")", ">": ")"}
 _COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _LETTER_RE = re.compile(r"[A-Za-z]")
-_VARIABLE_RE = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*")
+# x, x_1, f(x): what an inequality may bound ("0 < f(x) < 1" is the interval (0, 1)).
+_VARIABLE_RE = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*")
+_PERCENT_RE = re.compile(r"\\?%$")
 _INT_LIST_RE = re.compile(r"([(\[])([+-]?\d+(?:,[+-]?\d+)+)([)\]])")
 _LEADING_ZERO_RE = re.compile(r"[+-]?0\d+")
 
@@ -165,6 +167,10 @@ def fast_match(extracted: str, ground_truth: str) -> bool | None:
     """
     answer, truth = normalise_answer(extracted), normalise_answer(ground_truth)
     if answer and answer == truth:
+        return True
+    # MATH writes percentages both ways: "12.5" answers "12.5\%" (math-verify's own percent
+    # reading, 12.5% = 0.125, still applies on the way to sympy).
+    if answer and _PERCENT_RE.sub("", answer) == _PERCENT_RE.sub("", truth) != "":
         return True
     answer_int, truth_int = _canonical_int(answer), _canonical_int(truth)
     if answer_int is not None and truth_int is not None:

@@ -77,7 +77,7 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         )
         batch = rollouts.to_batch(alg.rollout_n)
     with timer("grade"):
-        batch.scores = run.grade(batch, [p.ground_truth for p in prompts])
+        batch.scores = run.grade(batch, prompts)
         batch.step_rewards = last_token_rewards(batch.scores, batch.response_mask)
     with timer("old_logprob"):
         student = roles.actor.compute_logprobs(batch, with_entropy=True)
@@ -150,7 +150,7 @@ def validate(run: Run) -> dict[str, float]:
             max_new_tokens=run.sampling.max_new_tokens, greedy=True, logprobs=False
         )
         rollouts = run.roles.rollout.generate([p.token_ids for p in run.val], 1, greedy)
-        scores = run.grade(rollouts.to_batch(1), [p.ground_truth for p in run.val])
+        scores = run.grade(rollouts.to_batch(1), run.val)
     return {"val/reward": scores.float().mean().item(), **timer.metrics}
 
 

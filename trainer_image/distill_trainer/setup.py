@@ -53,12 +53,18 @@ class Run:
     closers: ExitStack = field(repr=False)
     last_checkpoint: Path | None = None
 
-    def grade(self, batch: RolloutBatch, ground_truths: list[str]) -> torch.Tensor:
-        """[N] scores of the batch's responses; row i answers prompt i // (N / len(prompts))."""
-        per_prompt = batch.size // len(ground_truths)
+    def grade(self, batch: RolloutBatch, prompts: list[EncodedPrompt]) -> torch.Tensor:
+        """[N] scores of the batch's responses; row i answers prompt i // (N / len(prompts)),
+        graded by the rule of that prompt's data_source."""
+        per_prompt = batch.size // len(prompts)
         texts = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
         items = [
-            GradeRequestItem(id=str(i), response=text, ground_truth=ground_truths[i // per_prompt])
+            GradeRequestItem(
+                id=str(i),
+                response=text,
+                ground_truth=prompts[i // per_prompt].ground_truth,
+                data_source=prompts[i // per_prompt].data_source,
+            )
             for i, text in enumerate(texts)
         ]
         scores = {r.id: r.score for r in self.grader.grade(items)}
