@@ -85,3 +85,25 @@ def test_box_takes_priority_over_stated_answer() -> None:
 def test_box_content_round_trips(content: str) -> None:
     expected = content.strip() or None
     assert last_boxed(f"prefix \\boxed{{{content}}} suffix") == expected
+
+
+def test_boxes_joined_only_by_connectives_make_one_answer() -> None:
+    assert last_boxed(r"x = \boxed{2} or x = \boxed{3}") == "2, 3"
+    assert last_boxed(r"$x_1 = \boxed{2}$, $x_2 = \boxed{3}$") == "2, 3"
+    assert last_boxed(r"$\boxed{1}$, $\boxed{2}$, and $\boxed{3}$") == "1, 2, 3"
+    assert last_boxed(r"roots \boxed{-1} \text{ and } \boxed{5}") == "-1, 5"
+    assert last_boxed(r"first \boxed{1}, then on reflection \boxed{2}") == "2"  # words between
+    assert last_boxed(r"\boxed{2}. So the answer is \boxed{3}") == "3"
+    assert last_boxed(r"\boxed{\boxed{5}}") == "5"  # nested, not side by side
+    assert last_boxed(r"\boxed 2, \boxed 3") == "2, 3"
+
+
+def test_a_stated_phrase_gives_what_follows_its_last_is() -> None:
+    assert last_stated_answer("Final Answer: The largest $n$ is 34.") == "34"
+    assert last_stated_answer("The answer is: the total number of pens is 12.") == "12"
+    assert last_stated_answer("Final Answer: The largest $n$ is 34, since 35 fails.") == "34"
+    assert last_stated_answer("The answer is 5 and the remainder is 2.") == "5"  # not a phrase
+    assert last_stated_answer("The answer is $x$ where $x$ is 3") == "x"  # math first: kept
+    assert last_stated_answer(r"Answer \[ 9 \]") == "9"
+    assert last_stated_answer("The answer is 2 million dollars.") == "2 million"
+    assert last_stated_answer("Answers vary; nothing here") is None

@@ -13,9 +13,11 @@ from distill_grader.grading import (
     compare_answers,
     fast_match,
     grade_answer,
+    grade_item,
     normalise_answer,
+    prepare_answer,
 )
-from distill_grader.schema import Reason
+from distill_grader.schema import Reason, Verdict
 
 
 def test_grading_table(grading_case: Any) -> None:
@@ -99,3 +101,59 @@ def test_tuples_of_integers_are_decided_without_sympy() -> None:
     assert fast_match("74", "(73, 7)") is False
     assert fast_match("(1, 2)", "[1, 2)") is None  # different brackets: math-verify decides
     assert fast_match("(1,000)", "(1,0)") is None  # maybe a thousands separator
+
+
+def test_a_comma_and_a_space_separate_items_not_thousands() -> None:
+    assert compare_answers("32, 349", "32349") == Reason.WRONG
+    assert compare_answers("10100", "10, 100") == Reason.WRONG
+    assert compare_answers("1234", "1, 234") == Reason.WRONG
+    assert compare_answers("349, 32", "32, 349") == Reason.CORRECT
+    assert compare_answers("1,234", "1234") == Reason.CORRECT
+
+
+def test_thousands_separators_of_every_spelling() -> None:
+    for spelling in ["1 000 000", "1,000,000", r"1{,}000{,}000", r"1\,000\,000", r"1,\!000,\!000"]:
+        assert compare_answers(spelling, "1000000") == Reason.CORRECT, spelling
+    assert prepare_answer("1,000.50") == "1000.50"
+    assert prepare_answer("0,111") == "0,111"  # no group starts with 0: not a separator
+    assert prepare_answer("1,000,00") == "1,000,00"  # a short last group: not a separator
+    assert compare_answers("2 3", "23") == Reason.WRONG
+
+
+def test_scale_words_are_powers_of_ten() -> None:
+    assert prepare_answer(r"2 \text{ million}") == r"2\times10^{6}"
+    assert compare_answers(r"2 \text{ million}", "2000000") == Reason.CORRECT
+    assert compare_answers("4.5 billion", "4500000000") == Reason.CORRECT
+    assert compare_answers(r"2 \text{ million}", "2000") == Reason.WRONG
+
+
+def test_inequalities_on_one_variable_are_intervals() -> None:
+    assert prepare_answer(r"-2\le x\le 7") == "[-2, 7]"
+    assert prepare_answer(r"5 > x \ge -1") == "[-1, 5)"
+    assert prepare_answer(r"x > 3") == r"(3, \infty)"
+    assert prepare_answer(r"3 \leq y") == r"[3, \infty)"
+    assert prepare_answer("0<f(x)<1") == "(0, 1)"
+    assert prepare_answer("x<y<z") == "x<y<z"  # bounds are variables: no interval
+    assert prepare_answer(r"x < 2 \le 3") == r"x < 2 \le 3"  # the middle is not a variable
+    assert prepare_answer(r"1 < x > 0") == r"1 < x > 0"  # mixed directions
+    assert compare_answers(r"-2\le x\le 7", r"x\in[-2,7]") == Reason.CORRECT
+    assert compare_answers(r"-2< x\le 7", r"x\in[-2,7]") == Reason.WRONG
+
+
+def test_percent_sign_optional_against_the_same_number() -> None:
+    assert compare_answers("12.5", r"12.5\%") == Reason.CORRECT
+    assert compare_answers(r"12.5\%", "12.5") == Reason.CORRECT
+    assert compare_answers(r"1.25\%", r"12.5\%") == Reason.WRONG
+
+
+def test_data_source_picks_the_grading_rule(monkeypatch) -> None:
+    from distill_grader import grading
+
+    def exact(response: str, ground_truth: str) -> Verdict:
+        same = response.strip() == ground_truth
+        return Verdict(float(same), Reason.CORRECT if same else Reason.WRONG, response.strip())
+
+    monkeypatch.setitem(grading.GRADING_RULES, "exact-text", exact)
+    assert grade_item(r"\boxed{0.5}", r"\frac12", "exact-text").reason == Reason.WRONG
+    assert grade_item(r"\boxed{0.5}", r"\frac12", "math").reason == Reason.CORRECT
+    assert grade_item(r"\boxed{0.5}", r"\frac12", "gsm8k").reason == Reason.CORRECT  # default

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from distill_grader import GradeRequestItem, HttpGraderClient
+from distill_trainer.batch import RolloutBatch
+from distill_trainer.prompts import EncodedPrompt
+from distill_trainer.setup import Run
+from distill_trainer.tiny import build_tokenizer
 
 REQUEST_DEADLINE_S = 20.0  # every answer, hostile inputs included, must come back within this
 
@@ -199,3 +206,37 @@ def test_openapi_schema_documents_the_batch_format(grader_server: str) -> None:
     result = schema["components"]["schemas"]["GradeResult"]
     assert set(result["properties"]) == {"id", "score", "reason", "extracted"}
     assert httpx.get(f"{grader_server}/docs").status_code == 200
+
+
+def test_the_trainer_grades_each_response_with_its_prompt_data_source(
+    grader_server: str, client: HttpGraderClient
+) -> None:
+    tokenizer = build_tokenizer()
+    prompts = [EncodedPrompt([1], "4", "trainer-gsm8k"), EncodedPrompt([1], "9", "trainer-math")]
+    responses = [r"so \boxed{4}", r"so \boxed{5}", r"so \boxed{9}", "no idea"]  # 2 per prompt
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in responses]
+    width = max(map(len, ids))
+    padded = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids])
+    mask = (padded != tokenizer.pad_token_id).float()
+    batch = RolloutBatch(padded, mask.long(), mask.long(), mask, torch.tensor([0, 0, 1, 1]))
+    # grade() uses only the tokenizer and the grader of the run.
+    run = Run("t", None, tokenizer, [], [], 1, None, client, None, None, Path("."), ExitStack())  # type: ignore[arg-type]
+    before = _metrics(grader_server)
+    assert run.grade(batch, prompts).tolist() == [1.0, 0.0, 1.0, 0.0]
+    after = _metrics(grader_server)
+    job = 'distilljob="test-job"'
+    grown = {
+        (source, reason): after[name] - before.get(name, 0.0)
+        for source in ("trainer-gsm8k", "trainer-math")
+        for reason in ("correct", "wrong", "no_answer")
+        if (name := f'grader_items_total{{data_source="{source}",{job},reason="{reason}"}}')
+        in after
+    }
+    assert grown == {
+        ("trainer-gsm8k", "correct"): 1,
+        ("trainer-gsm8k", "wrong"): 1,
+        ("trainer-gsm8k", "no_answer"): 0,
+        ("trainer-math", "correct"): 1,
+        ("trainer-math", "wrong"): 0,
+        ("trainer-math", "no_answer"): 1,
+    }
