@@ -19,6 +19,7 @@ from distill_grader.schema import Reason
 
 ITEM_DEADLINE_S = 3.0
 REQUEST_BUDGET_S = 7.0
+PREEMPT_AFTER_S = 0.5
 # Items that need sympy (~10 ms each), so that a batch of them takes a while to grade.
 SYMPY_ITEMS = [(f"so \\boxed{{\\frac{{{i}}}{{{i + 1}}}}}", f"{i}/{i + 1}") for i in range(1, 401)]
 
@@ -26,7 +27,10 @@ SYMPY_ITEMS = [(f"so \\boxed{{\\frac{{{i}}}{{{i + 1}}}}}", f"{i}/{i + 1}") for i
 @pytest.fixture(scope="module")
 def pool() -> Iterator[GradingPool]:
     with GradingPool(
-        workers=2, item_timeout_s=ITEM_DEADLINE_S, request_timeout_s=REQUEST_BUDGET_S
+        workers=2,
+        item_timeout_s=ITEM_DEADLINE_S,
+        request_timeout_s=REQUEST_BUDGET_S,
+        preempt_after_s=PREEMPT_AFTER_S,
     ) as pool:
         assert pool.wait_ready(60)
         yield pool

@@ -12,10 +12,10 @@ and since when, and reads a "yield" flag there between items.
   of its chunk back at the head of its batch's queue and starts a replacement. A worker that
   dies on its own (a crash, the OOM killer) costs its current item a ``parse_error`` the same way.
 - Fairness: when a batch has items waiting and no worker while every worker is busy, the worker
-  of the batch holding the most workers is asked to yield after its current item; if that item
-  has already run ``preempt_after_s`` (and was never preempted before), the worker is killed at
-  once and the item goes back to its queue, keeping the time it ran. So a 1-item request waits
-  about ``preempt_after_s`` behind a batch of slow items, not one item deadline per worker.
+  of the batch holding the most workers is asked to yield after its current item. If the waiting
+  batch has waited ``preempt_after_s`` and that item has run as long (and was never preempted),
+  the worker is killed and the item goes back to its queue, keeping the time it ran. So a 1-item
+  request waits about ``preempt_after_s`` behind a batch of slow items, not an item deadline.
 - Budget: a batch still unfinished ``request_timeout_s`` after it was submitted gets ``timeout``
   for all its remaining items; its workers are reclaimed the same way.
 
@@ -60,7 +60,8 @@ _RESPAWN_DELAY_S = 1.0  # wait before replacing a worker that died before it was
 _STOP_GRACE_S = 2.0  # how long stopped workers get to exit before they are killed
 # A pool whose workers are all being replaced still serves within this: it stays ready.
 _READY_GRACE_S = 10.0
-DEFAULT_PREEMPT_AFTER_S = 0.5  # a hundred times a typical item (p99 ~20 ms)
+# Fifty times a slow ordinary item (p99 ~20 ms); a loaded machine stretches items tenfold.
+DEFAULT_PREEMPT_AFTER_S = 1.0
 
 Item = tuple[str, str] | tuple[str, str, str]  # (response, ground truth[, data_source])
 
@@ -95,6 +96,7 @@ class _Batch:
     holders: int = 0  # workers grading a chunk of this batch now
     spent: dict[int, float] = field(default_factory=dict)  # seconds run before a preemption
     preempted: set[int] = field(default_factory=set)  # preempted once: never again
+    starved_since: float | None = None  # since when it has had work waiting and no worker
 
 
 @dataclass
@@ -355,6 +357,7 @@ class GradingPool:
             worker.chunk, worker.answered = _Chunk(batch, indices), set()
             worker.clock[2], worker.yielding = 0.0, False
             batch.holders += 1
+            batch.starved_since = None
             try:
                 worker.conn.send([_job(batch.items[i]) for i in indices])
             except OSError:
@@ -457,35 +460,44 @@ class GradingPool:
 
     def _make_room(self) -> None:
         """Reclaim workers for batches that wait with none, and from settled batches."""
+        now = time.monotonic()
         workers = [w for w in self._slots if w is not None]
         for worker in workers:
             if worker.chunk is not None and worker.chunk.batch.future.done():
                 self._ask_to_yield(worker)  # cancelled or out of budget: nothing to wait for
         starved = [b for b in self._active if _has_work(b) and not b.holders]
+        for batch in starved:
+            batch.starved_since = batch.starved_since or now
         coming = sum(w is None or not w.ready or w.chunk is None or w.yielding for w in self._slots)
         for _ in range(len(starved) - coming):
             busy = [w for w in workers if w.chunk is not None and not w.yielding]
             if not busy:
                 break
             self._ask_to_yield(max(busy, key=_holders))
+        # Killing costs the item's work so far: only when yielding did not free a worker soon.
+        starved_s = max((now - b.starved_since for b in starved if b.starved_since), default=0.0)
         for worker in workers:
             if worker in self._slots and worker.yielding:
-                self._preempt_if_slow(worker)
+                self._preempt_if_slow(worker, starved_s >= self._preempt_after)
 
     def _ask_to_yield(self, worker: _Worker) -> None:
         worker.clock[2], worker.yielding = 1.0, True
 
-    def _preempt_if_slow(self, worker: _Worker) -> None:
-        """Kill a yielding worker whose current item would keep it long; the item is retried."""
+    def _preempt_if_slow(self, worker: _Worker, someone_waits: bool) -> None:
+        """Kill a yielding worker whose current item has run ``preempt_after_s``: at once for a
+        settled batch (its item is of no use), else when another batch has waited that long and
+        the item was never preempted (so that an item needing more time still gets graded)."""
         current = self._current(worker)
         if current is None or worker.chunk is None:
             return
         index, seconds = current
         batch = worker.chunk.batch
-        # A settled batch's item is of no use; any other is preempted only once, so that an item
-        # that needs more than preempt_after_s still gets graded.
-        if seconds >= self._preempt_after and (batch.future.done() or index not in batch.preempted):
-            self._preemptions += 1
+        settled = batch.future.done()
+        if seconds >= self._preempt_after and (
+            settled or (someone_waits and index not in batch.preempted)
+        ):
+            if not settled:
+                self._preemptions += 1
             self._retire(worker, None)
 
     def _retire(self, worker: _Worker, reason: Reason | None) -> None:
