@@ -55,6 +55,10 @@ from distill_grader.worker import worker_main
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.05  # item clocks are re-read at least this often while workers are busy
+# A chunk runs at least this long before its worker is asked to yield to another request: a
+# waiting request is served within ~a slice, yet requests sharing the pool don't alternate
+# after every item (each switch costs two messages).
+_SLICE_S = 0.05
 _MAX_CHUNK = 32  # items per chunk: few messages, yet small enough to balance the workers
 _RESPAWN_DELAY_S = 1.0  # wait before replacing a worker that died before it was ready
 _STOP_GRACE_S = 2.0  # how long stopped workers get to exit before they are killed
@@ -115,6 +119,7 @@ class _Worker:
     chunk: _Chunk | None = None
     answered: set[int] | None = None  # chunk positions whose verdicts arrived
     yielding: bool = False  # asked to stop after its current item
+    since: float = 0.0  # when it was given its chunk
 
 
 def chunk_size(items: int, workers: int) -> int:
@@ -355,7 +360,7 @@ class GradingPool:
                 size = min(batch.chunk, len(batch.queue))
                 indices = [batch.queue.popleft() for _ in range(size)]
             worker.chunk, worker.answered = _Chunk(batch, indices), set()
-            worker.clock[2], worker.yielding = 0.0, False
+            worker.clock[2], worker.yielding, worker.since = 0.0, False, time.monotonic()
             batch.holders += 1
             batch.starved_since = None
             try:
@@ -394,10 +399,11 @@ class GradingPool:
             self._retire(worker, Reason.PARSE_ERROR)
 
     def _handle(self, worker: _Worker, message: Any) -> None:
-        if isinstance(message, tuple):  # ("ready", pid) or ("yielded", next position)
-            if message[0] == "yielded" and worker.chunk is not None:
+        if isinstance(message, tuple) and message[0] == "yielded":  # ("yielded", next position)
+            if worker.chunk is not None:
                 self._requeue(worker, None)
-                return
+            return
+        if isinstance(message, tuple):  # ("ready", pid)
             worker.ready = True
             if all(w is not None and w.ready for w in self._slots):
                 self._all_ready.set()
@@ -470,7 +476,11 @@ class GradingPool:
             batch.starved_since = batch.starved_since or now
         coming = sum(w is None or not w.ready or w.chunk is None or w.yielding for w in self._slots)
         for _ in range(len(starved) - coming):
-            busy = [w for w in workers if w.chunk is not None and not w.yielding]
+            busy = [
+                w
+                for w in workers
+                if w.chunk is not None and not w.yielding and now - w.since >= _SLICE_S
+            ]
             if not busy:
                 break
             self._ask_to_yield(max(busy, key=_holders))
