@@ -95,6 +95,11 @@ CORRECT = [
     (r"so \boxed5.", "5"),
     (r"\boxed 12, as claimed", "12"),
     (boxed(r"1\,000"), "1000"),
+    (boxed("1 000"), "1000"),
+    (boxed(r"2 \text{ million}"), "2000000"),
+    (boxed(r"-2\le x\le 7"), r"x\in[-2,7]"),
+    (r"x = \boxed{2} or x = \boxed{3}", "2, 3"),
+    ("Final Answer: The largest $n$ is 34.", "34"),
 ]
 WRONG = [
     (boxed("2"), "3"),
@@ -121,6 +126,10 @@ WRONG = [
     ("Answer: 4. Hmm, let me recheck. Answer: 3", "4"),
     (boxed("2 3"), "23"),
     (boxed("1 2"), "12"),
+    (boxed("32, 349"), "32349"),
+    (boxed("10100"), "10, 100"),
+    (boxed("1234"), "1, 234"),
+    (r"x = \boxed{2} or x = \boxed{4}", "2, 3"),
 ]
 NO_ANSWER = [
     ("I think it's 4", "4"),

@@ -16,6 +16,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         port=8000,
         workers=2,
         item_timeout_s=10.0,
+        request_timeout_s=120.0,
         max_batch=4096,
         max_response_chars=32768,
         max_body_bytes=64 * 2**20,
@@ -28,9 +29,12 @@ def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRADER_WORKERS", "3")
     monkeypatch.setenv("GRADER_MAX_BATCH", "128")
     monkeypatch.setenv("DISTILL_JOB_NAME", "job-a")
+    monkeypatch.setenv("GRADER_REQUEST_TIMEOUT_S", "30")
     settings = load_settings(["--workers", "5", "--item-timeout-s", "2.5"])
     assert (settings.port, settings.workers, settings.max_batch) == (9000, 5, 128)
     assert (settings.item_timeout_s, settings.job_name) == (2.5, "job-a")
+    assert settings.request_timeout_s == 30.0
+    assert load_settings(["--request-timeout-s", "45"]).request_timeout_s == 45.0
     assert load_settings(["--job-name", "job-b"]).job_name == "job-b"
 
 
@@ -40,6 +44,7 @@ def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"GRADER_WORKERS": "many"}, [], "--workers / GRADER_WORKERS"),
         ({}, ["--item-timeout-s", "0"], "--item-timeout-s / GRADER_ITEM_TIMEOUT_S"),
         ({}, ["--port", "70000"], "--port / GRADER_PORT"),
+        ({}, ["--request-timeout-s", "-1"], "--request-timeout-s / GRADER_REQUEST_TIMEOUT_S"),
         ({}, ["--log-level", "loud"], "--log-level / GRADER_LOG_LEVEL"),
     ],
 )

@@ -138,3 +138,7 @@ def test_invalid_settings_are_refused() -> None:
         GradingPool(workers=0)
     with pytest.raises(ValueError, match="item_timeout_s"):
         GradingPool(item_timeout_s=0)
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        GradingPool(request_timeout_s=0)
+    with pytest.raises(ValueError, match="preempt_after_s"):
+        GradingPool(preempt_after_s=-1)
