@@ -415,6 +415,8 @@ _CASES: list[tuple[str, str, str, str, bool]] = [
     ("issue-16", "thousands", "32, 349", boxed("32, 349"), True),
     ("issue-16", "thousands", "32, 349", boxed("349, 32"), True),
     ("prm800k", "thousands", "(1, 234)", boxed("1234"), False),
+    ("prm800k", "thousands", "[402, 475)", boxed("[402,475)"), True),
+    ("prm800k", "thousands", "402475", boxed("[402,475)"), False),
     ("math-verify", "thousands", "12345", boxed("12 345"), True),
     ("math-verify", "thousands", "23", boxed("2 3"), False),
     ("prm800k", "thousands", "2000", boxed(r"2 \text{ million}"), False),

@@ -117,6 +117,9 @@ def test_thousands_separators_of_every_spelling() -> None:
     assert prepare_answer("1,000.50") == "1000.50"
     assert prepare_answer("0,111") == "0,111"  # no group starts with 0: not a separator
     assert prepare_answer("1,000,00") == "1,000,00"  # a short last group: not a separator
+    assert prepare_answer("[402,475)") == "[402,475)"  # in brackets a bare comma separates
+    assert prepare_answer(r"(1\,000, 2)") == "(1000, 2)"
+    assert compare_answers("[402,475)", "[402, 475)") == Reason.CORRECT
     assert compare_answers("2 3", "23") == Reason.WRONG
 
 

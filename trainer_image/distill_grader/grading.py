@@ -40,11 +40,14 @@ _DIGIT_GAP_RE = re.compile(r"(?<=[\d.])\s+(?=[\d.])")
 _SPACE_RE = re.compile(r"\s+")
 _INT_RE = re.compile(r"[+-]?\d+")
 # Thousands separators: "1,234", "1{,}234", "1\\,234", "1\\ 234", "1~234" and "1 234" (as in
-# Math-Verify's tests). A comma followed by a space separates list items: "32, 349" is two numbers.
-_THOUSANDS_RE = re.compile(
-    r"(?<![\d.,])([1-9]\d{0,2})((?:(?:,|\{,\}|\\,|\\ |~| )\d{3})+)(?!\d|,\d)"
-)
-_THOUSANDS_SEPARATOR_RE = re.compile(r"\{,\}|\\,|\\ |[,~ ]")
+# Math-Verify's tests). A comma followed by a space separates list items: "32, 349" is two
+# numbers; in brackets a bare comma does too: "[402,475)" is an interval, not 402475.
+_SEPARATORS = r",\\!|\{,\}|\\,|\\ |~| "  # ",\!" is how MATH writes them
+_THOUSANDS_PATTERN = r"(?<![\d.,])([1-9]\d{{0,2}})((?:(?:{})\d{{3}})+)(?!\d|,\d)"
+_THOUSANDS_RE = re.compile(_THOUSANDS_PATTERN.format("," + "|" + _SEPARATORS))
+_BRACKETED_THOUSANDS_RE = re.compile(_THOUSANDS_PATTERN.format(_SEPARATORS))
+_BRACKET_RE = re.compile(r"[()\[\]]|\\\{")
+_THOUSANDS_SEPARATOR_RE = re.compile(r"\\!|\{,\}|\\,|\\ |[,~ ]")
 _SCALE_WORDS = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _SCALE_RE = re.compile(
     r"(\d(?:\.\d+)?)\s*(?:\\(?:text|textnormal|mathrm|mbox)\s*\{\s*(thousand|million|billion|trillion)"
@@ -99,7 +102,8 @@ def prepare_answer(answer: str) -> str:
     thousands separators removed, "2 million" as ``2\\times10^{6}``, and a chained inequality on
     one variable (``-2\\le x\\le 7``) as its interval (``[-2, 7]``)."""
     answer = strip_math_delimiters(answer)
-    answer = _THOUSANDS_RE.sub(lambda m: m[1] + _THOUSANDS_SEPARATOR_RE.sub("", m[2]), answer)
+    thousands = _BRACKETED_THOUSANDS_RE if _BRACKET_RE.search(answer) else _THOUSANDS_RE
+    answer = thousands.sub(lambda m: m[1] + _THOUSANDS_SEPARATOR_RE.sub("", m[2]), answer)
     answer = _SCALE_RE.sub(lambda m: rf"{m[1]}\times10^{{{_SCALE_WORDS[m[2] or m[3]]}}}", answer)
     return _inequality_as_interval(answer) or answer
 
