@@ -42,13 +42,12 @@ from distill_api.v1alpha1 import CheckpointStatus
 from distill_operator import progress
 from distill_operator.apply import Kube, OwnedByAnother
 from distill_operator.builders import DEFAULT_OPTIONS, BuildOptions, build_children
-from distill_operator.builders.grader import grader_replicas
+from distill_operator.builders.grader import INVALID_SPEC, grader_replicas, has_finished
 from distill_operator.builders.labels import JOB_LABEL
 from distill_operator.builders.names import grader_name, rayjob_name
 from distill_operator.builders.rayjob import rayjob_mutable_spec
 from distill_operator.metrics import SCRAPE_ERRORS, PhaseTracker, instrumented
 from distill_operator.status import (
-    FINISHED_PHASES,
     SPEC_VALID,
     PhaseReport,
     admission_message,
@@ -100,12 +99,12 @@ def read_job(body: Mapping[str, Any], patch: kopf.Patch) -> DistillJob:
             (body.get("status") or {}).get("conditions") or [],
             SPEC_VALID,
             False,
-            "InvalidSpec",
+            INVALID_SPEC,
             message,
             _now(),
             body["metadata"].get("generation"),
         )
-        patch.status.update(phase=JobPhase.FAILED.value, conditions=conditions)
+        patch.status.update(phase=JobPhase.FAILED.value, reason=INVALID_SPEC, conditions=conditions)
         raise kopf.PermanentError(f"invalid DistillJob: {message}") from error
     job.status = status_for_builders(body.get("status") or {})
     return job
@@ -145,7 +144,7 @@ def _ensure_children(
     creating it again would run the whole training again.
     """
     owner_uid = (job.metadata.model_extra or {})["uid"]
-    finished = job.status is not None and job.status.phase in FINISHED_PHASES
+    finished = has_finished(job)
     created = []
     for obj in build_children(job, config.build):
         if obj["kind"] == "RayJob" and finished:

@@ -34,6 +34,14 @@ GRADER_PORT = 8000
 MAX_GRADER_WORKERS = 64
 _FINISHED = {JobPhase.SUCCEEDED, JobPhase.FAILED}
 WAITING_FOR_ADMISSION = "WaitingForAdmission"  # status.reason of a queued job Kueue holds back
+INVALID_SPEC = "InvalidSpec"  # status.reason of a job failed by the operator's own validation
+
+
+def has_finished(job: DistillJob) -> bool:
+    """Its RayJob ran to an end (Succeeded or Failed). Not a spec that failed validation: once
+    fixed, that job has yet to run."""
+    status = job.status
+    return status is not None and status.phase in _FINISHED and status.reason != INVALID_SPEC
 
 
 def awaits_admission(job: DistillJob) -> bool:
@@ -51,9 +59,8 @@ def grader_replicas(job: DistillJob) -> int:
     """spec.grader.replicas, or 0 while nothing will be graded: suspended (spec.suspend, or
     Kueue holding a queued job back) or finished. Kueue, not spec.suspend, decides for a queued
     job."""
-    finished = job.status is not None and job.status.phase in _FINISHED
     suspended = job.spec.suspend and not job.spec.queue_name
-    idle = suspended or finished or awaits_admission(job)
+    idle = suspended or has_finished(job) or awaits_admission(job)
     return 0 if idle else job.spec.grader.replicas
 
 
