@@ -170,6 +170,10 @@ def test_cel_accepts_the_examples() -> None:
             lambda s: s["resources"]["rollout"].update(gpusPerReplica=3),
             "gpusPerReplica must be a multiple of tensorParallelSize",
         ),
+        (
+            lambda s: s["checkpoint"].update(volume={"claimName": "c", "mountPath": "/ckpt"}),
+            "uri must be a path under volume.mountPath",
+        ),
     ],
 )
 def test_cel_rejects_what_pydantic_rejects(mutate, message: str) -> None:
@@ -207,3 +211,8 @@ def test_transition_rules_allow_suspend_and_grader_replicas_only() -> None:
     assert "teacher cannot be added or removed after the job is created" in failing_messages(
         without_teacher, old
     )
+    # queueName in both directions: `self == oldSelf` on the field alone misses both.
+    queued = {**old, "queueName": "team-math"}
+    added, removed = failing_messages(queued, old), failing_messages(old, queued)
+    assert "queueName cannot be added or removed after the job is created" in added
+    assert "queueName cannot be added or removed after the job is created" in removed
