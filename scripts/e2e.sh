@@ -156,14 +156,19 @@ run_job() {
   fi
   "$KUBECTL" -n "$NS" get dj "$name" -o wide
   "$KUBECTL" -n "$NS" describe dj "$name" | sed -n '/^Events:/,$p'
+  # The driver's output is in the submitter Job, named after the RayJob.
+  "$KUBECTL" -n "$NS" logs "job/$("$KUBECTL" -n "$NS" get dj "$name" \
+    -o jsonpath='{.status.rayJobName}')" --tail=20 || true
   if [ "$EXPECT" = "Failed" ]; then
+    # Not the ResultsNotKept warning every job without spec.checkpoint gets.
     "$KUBECTL" -n "$NS" get events --field-selector "involvedObject.name=$name,type=Warning" \
-      | grep -q . || fail "no Warning event for the failed job"
+      --no-headers | grep -v ResultsNotKept | grep -q . \
+      || fail "no Warning event for the failed job"
   fi
 
   log "deleting the DistillJob removes what it owns"
   "$KUBECTL" -n "$NS" delete dj "$name" --wait=true
-  "$KUBECTL" -n "$NS" wait --for=delete rayjob,deployment,service,configmap \
+  "$KUBECTL" -n "$NS" wait --for=delete rayjob,deployment,service,configmap,networkpolicy \
     -l "distill.dev/job=$name" --timeout=180s 2>/dev/null || true
   [ -z "$("$KUBECTL" -n "$NS" get rayjob,deployment -l "distill.dev/job=$name" -o name)" ] \
     || fail "owned objects of $name are still there"

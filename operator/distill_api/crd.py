@@ -5,11 +5,17 @@
 Pydantic emits JSON Schema (draft 2020-12); Kubernetes wants a *structural* OpenAPI v3 schema:
 no `$ref`, no `anyOf` with null, no `additionalProperties: false`, boolean `exclusiveMinimum`, and
 nested objects defaulted to `{}` so their own defaults apply. `to_structural` does that translation.
+
+Kubernetes-typed passthrough fields (tolerations, affinity, volumes, env, ...; marked
+`x-distill-k8s-schema` in the model) get the schema KubeRay's RayJob CRD gives the same field of a
+pod template (third_party/crd-schemas, vendored): the DistillJob is then validated and pruned
+exactly as the pod template it ends up in.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +34,14 @@ from distill_api.v1alpha1 import (
 )
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
-_DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+_DROPPED_KEYS = {"title", "$defs"}
+K8S_SCHEMA_MARK = "x-distill-k8s-schema"
+KUBERAY_CRD = Path(__file__).resolve().parents[2] / "third_party/crd-schemas/ray.io_rayjobs.yaml"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.queueName"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
     {"name": "Total", "type": "integer", "jsonPath": ".status.totalSteps", "priority": 1},
     {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
@@ -42,6 +52,34 @@ PRINTER_COLUMNS = [
 ]
 
 
+@cache
+def _pod_template_schemas() -> dict[str, dict[str, Any]]:
+    """KubeRay's schemas of a pod spec and of its first container, by `pod.` / `container.`."""
+    with open(KUBERAY_CRD, encoding="utf-8") as f:
+        crd = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    spec = v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    head = spec["rayClusterSpec"]["properties"]["headGroupSpec"]["properties"]
+    pod = head["template"]["properties"]["spec"]["properties"]
+    container = pod["containers"]["items"]["properties"]
+    return {
+        **{f"pod.{k}": v for k, v in pod.items()},
+        **{f"container.{k}": v for k, v in container.items()},
+    }
+
+
+def kubernetes_schema(path: str, description: str | None) -> dict[str, Any]:
+    """The vendored schema of one pod-template field, with our description.
+
+    It keeps the mark, so that translating a node twice (under `anyOf` or `$ref`) leaves it as
+    it is; `model_schema` removes the marks at the end.
+    """
+    schema = {**_pod_template_schemas()[path], K8S_SCHEMA_MARK: path}
+    if description:
+        schema["description"] = description
+    return schema
+
+
 def to_structural(node: Any, defs: dict[str, Any]) -> Any:
     """Translate one pydantic JSON-Schema node into a Kubernetes structural schema node."""
     if isinstance(node, list):
@@ -49,10 +87,14 @@ def to_structural(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
+    if K8S_SCHEMA_MARK in node:
+        return kubernetes_schema(node[K8S_SCHEMA_MARK], node.get("description"))
     if "$ref" in node:  # a field's own extras (description, CEL) sit beside its $ref
         target = defs[node.pop("$ref").split("/")[-1]]
         node = {**target, **node, **_merge_validations(target, node)}
-    if "anyOf" in node:  # Optional[X] -> X: absent means unset, we never send null
+    # Optional[X] -> X: absent means unset, we never send null. (int-or-string, from the vendored
+    # Kubernetes schemas, is the one union a structural schema allows.)
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
         if len(variants) != 1:
             raise ValueError(f"cannot express union {variants} in a structural schema")
@@ -66,6 +108,8 @@ def to_structural(node: Any, defs: dict[str, Any]) -> Any:
         node["maximum"], node["exclusiveMaximum"] = node["exclusiveMaximum"], True
     if node.get("default", ...) is None:
         del node["default"]
+    if isinstance(node.get("additionalProperties"), bool):  # a typed map's schema stays
+        del node["additionalProperties"]
     out = {k: to_structural(v, defs) for k, v in node.items() if k not in _DROPPED_KEYS}
     if "properties" in node:
         out["properties"] = {k: to_structural(v, defs) for k, v in node["properties"].items()}
@@ -90,9 +134,17 @@ def _default_nested_objects(schema: dict[str, Any], model: type) -> None:
                     _default_nested_objects(prop, sub_model)
 
 
+def _strip_marks(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_strip_marks(item) for item in node]
+    if isinstance(node, dict):
+        return {k: _strip_marks(v) for k, v in node.items() if k != K8S_SCHEMA_MARK}
+    return node
+
+
 def model_schema(model: type) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    schema = to_structural(raw, raw.get("$defs", {}))
+    schema = _strip_marks(to_structural(raw, raw.get("$defs", {})))
     _default_nested_objects(schema, model)
     return schema
 

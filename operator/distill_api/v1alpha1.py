@@ -28,6 +28,12 @@ SHORT_NAME = "dj"
 # Kubernetes resource quantity ("500m", "16Gi", "2"), the API server's own regular expression.
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)]
+# A DNS-1123 subdomain that also fits a label value (≤ 63): what Kueue's webhook requires of the
+# `kueue.x-k8s.io/queue-name` and `kueue.x-k8s.io/priority-class` labels (ValidateLabelAsCRDName).
+KUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+KueueName = Annotated[str, Field(pattern=KUEUE_NAME_PATTERN, min_length=1, max_length=63)]
+# Names the operator gives its own volumes in the Ray and grader pods.
+RESERVED_VOLUMES = frozenset({"job-spec", "tmp", "dshm", "checkpoints"})
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -41,6 +47,16 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, st
 def _immutable(what: str) -> dict[str, Any]:
     """Schema extra for a field that must not change after the job is created."""
     return {"x-kubernetes-validations": [_cel("self == oldSelf", f"{what} is immutable")]}
+
+
+def _k8s(path: str, description: str) -> Any:
+    """A Kubernetes-typed field passed through to pods as is.
+
+    The generated CRD takes its schema from KubeRay's RayJob CRD (the same PodSpec/Container
+    schema the RayJob is checked against, see distill_api.crd), so the API server validates and
+    prunes it exactly as it would in a pod template.
+    """
+    return Field(None, description=description, json_schema_extra={"x-distill-k8s-schema": path})
 
 
 class FieldError(ValueError):
@@ -172,7 +188,61 @@ class Data(ApiModel):
     val: str | None = Field(None, min_length=1, description="Validation parquet (optional).")
 
 
-class Grader(ApiModel):
+class PodPlacement(ApiModel):
+    """Where a group's pods may run. Set on a group, a field replaces the job-wide `spec.pods`
+    value of the same name (GPU groups want the GPU nodes' taints, the grader does not)."""
+
+    node_selector: dict[str, str] | None = _k8s("pod.nodeSelector", "Node labels the pods need.")
+    tolerations: list[dict[str, Any]] | None = _k8s(
+        "pod.tolerations", "Taints the pods tolerate (e.g. nvidia.com/gpu:NoSchedule)."
+    )
+    affinity: dict[str, Any] | None = _k8s("pod.affinity", "Node and pod (anti-)affinity.")
+    priority_class_name: str | None = Field(
+        None, min_length=1, description="PriorityClass of the pods (preemption order)."
+    )
+
+
+class PodSettings(PodPlacement):
+    """Applied to every pod of the job: Ray head, workers, the submitter and the grader."""
+
+    image_pull_secrets: list[dict[str, Any]] | None = _k8s(
+        "pod.imagePullSecrets", "Secrets for pulling the trainer and grader images."
+    )
+    service_account_name: str | None = Field(
+        None,
+        min_length=1,
+        description="ServiceAccount of the pods (IRSA / Workload Identity for S3).",
+    )
+    env: list[dict[str, Any]] | None = _k8s(
+        "container.env", "Extra environment variables (the operator's own names win)."
+    )
+    env_from: list[dict[str, Any]] | None = _k8s(
+        "container.envFrom", "Extra environment from ConfigMaps or Secrets."
+    )
+    volumes: list[dict[str, Any]] | None = _k8s(
+        "pod.volumes", "Extra volumes (names job-spec, tmp, dshm, checkpoints are taken)."
+    )
+    volume_mounts: list[dict[str, Any]] | None = _k8s(
+        "container.volumeMounts", "Where the extra volumes are mounted in every container."
+    )
+    labels: dict[str, str] | None = Field(
+        None, description="Extra pod labels (the operator's own keys win)."
+    )
+    annotations: dict[str, str] | None = Field(None, description="Extra pod annotations.")
+
+    @model_validator(mode="after")
+    def _own_volume_names(self) -> PodSettings:
+        for index, volume in enumerate(self.volumes or []):
+            if volume.get("name") in RESERVED_VOLUMES:
+                raise FieldError(
+                    f"volumes[{index}].name",
+                    f"{volume['name']!r} is the name of one of the operator's own volumes "
+                    f"({', '.join(sorted(RESERVED_VOLUMES))})",
+                )
+        return self
+
+
+class Grader(PodPlacement):
     replicas: int = Field(2, ge=1, description="math-grader Deployment replicas.")
     cpu: Quantity = Field("2", description="CPU request and limit per grader pod (= workers).")
     memory: Quantity = Field("2Gi", description="Memory request and limit per grader pod.")
@@ -184,7 +254,7 @@ class Grader(ApiModel):
     )
 
 
-class PodResources(ApiModel):
+class PodResources(PodPlacement):
     cpu: Quantity = Field("8", description="CPU request and limit per pod.")
     memory: Quantity = Field("64Gi", description="Memory request and limit per pod.")
 
@@ -231,8 +301,36 @@ class Resources(ApiModel):
     critic: WorkerGroup | None = Field(None, description="Required when advEstimator is gae.")
 
 
+class CheckpointVolume(ApiModel):
+    """A PersistentVolumeClaim holding the checkpoints, mounted into the head and the actor and
+    critic pods (ReadWriteMany when they can land on different nodes)."""
+
+    claim_name: str = Field(min_length=1, description="PersistentVolumeClaim name.")
+    mount_path: str = Field(
+        "/checkpoints", pattern=r"^/.+", description="Where the claim is mounted in the pods."
+    )
+    sub_path: str | None = Field(None, min_length=1, description="Directory inside the volume.")
+
+
 class Checkpoint(ApiModel):
-    uri: str = Field(min_length=1, description="Checkpoint location: s3://bucket/prefix or a path.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.volume) || self.uri.startsWith(self.volume.mountPath)",
+                    "with checkpoint.volume, uri must be a path under volume.mountPath",
+                    ".uri",
+                )
+            ]
+        }
+    )
+
+    uri: str = Field(
+        min_length=1,
+        description="Checkpoint location: s3://bucket/prefix, or a path (under volume.mountPath "
+        "when a volume is given). Checkpoints go to <uri>/global_step_<N>/, the final model to "
+        "<uri>/final/.",
+    )
     secret_ref: str | None = Field(
         None,
         description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
@@ -243,6 +341,19 @@ class Checkpoint(ApiModel):
         ge=1,
         description="This run's newest checkpoints kept (an earlier run's are never deleted).",
     )
+    volume: CheckpointVolume | None = Field(
+        None, description="Store checkpoints on this PVC instead of S3."
+    )
+
+    @model_validator(mode="after")
+    def _uri_on_the_volume(self) -> Checkpoint:
+        if self.volume is not None and not self.uri.startswith(self.volume.mount_path):
+            raise FieldError(
+                "uri",
+                f"{self.uri!r} is not under volume.mountPath {self.volume.mount_path!r} "
+                "(the volume is where the checkpoints go)",
+            )
+        return self
 
 
 _SPEC_RULES = [
@@ -264,6 +375,19 @@ _SPEC_RULES = [
     _cel(
         "has(self.checkpoint) == has(oldSelf.checkpoint)",
         "checkpoint cannot be added or removed after the job is created",
+    ),
+    # `self == oldSelf` on the field holds only when it exists on both sides.
+    _cel(
+        "has(self.queueName) == has(oldSelf.queueName)",
+        "queueName cannot be added or removed after the job is created",
+    ),
+    _cel(
+        "has(self.workloadPriorityClass) == has(oldSelf.workloadPriorityClass)",
+        "workloadPriorityClass cannot be added or removed after the job is created",
+    ),
+    _cel(
+        "has(self.pods) == has(oldSelf.pods)",
+        "pods cannot be added or removed after the job is created",
     ),
 ]
 
@@ -303,13 +427,28 @@ class DistillJobSpec(ApiModel):
         description="Pause the job (its Ray cluster is deleted). Ignored while queueName is set: "
         "Kueue owns suspension of queued jobs.",
     )
-    queue_name: str | None = Field(
+    queue_name: KueueName | None = Field(
         None,
         description="Kueue LocalQueue that admits the job (Kueue then suspends and resumes it).",
         json_schema_extra=_immutable("queueName"),
     )
+    workload_priority_class: KueueName | None = Field(
+        None,
+        description="Kueue WorkloadPriorityClass (the kueue.x-k8s.io/priority-class label): the "
+        "job's priority in its ClusterQueue, for admission order and preemption.",
+        json_schema_extra=_immutable("workloadPriorityClass"),
+    )
+    pods: PodSettings | None = Field(
+        None,
+        description="Scheduling, identity, environment and volumes of every pod of the job; "
+        "resources.<group> and grader may override the placement fields.",
+        json_schema_extra=_immutable("pods"),
+    )
     ttl_seconds_after_finished: int = Field(
-        3600, ge=0, description="Seconds the finished Ray cluster is kept for inspection."
+        60,
+        ge=0,
+        description="Seconds the finished Ray cluster (and its GPUs) is kept for inspection. Kueue "
+        "releases the quota when the job finishes, while the pods hold their GPUs until then.",
     )
 
     @model_validator(mode="after")
@@ -353,8 +492,14 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(None, ge=0)
 
 
+class CheckpointStatus(ApiModel):
+    uri: str = Field(description="The checkpoint's directory, <checkpoint.uri>/global_step_<N>/.")
+    step: int = Field(ge=0, description="Training steps it contains.")
+
+
 class DistillJobStatus(ApiModel):
     phase: JobPhase | None = None
+    reason: str | None = Field(None, description="Why the job is in its phase (unset: Running).")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
@@ -365,7 +510,15 @@ class DistillJobStatus(ApiModel):
     reward: float | None = Field(None, description="Mean reward of the last step.")
     kl_per_token: float | None = Field(None, description="distill/kl_per_token of the last step.")
     val_reward: float | None = Field(None, description="Last validation reward.")
-    last_checkpoint: str | None = None
+    last_checkpoint: CheckpointStatus | None = Field(
+        None, description="Newest committed checkpoint; a re-created RayJob resumes from it."
+    )
+    final_model: str | None = Field(
+        None, description="The exported student (Hugging Face format), <checkpoint.uri>/final/."
+    )
+    admission: str | None = Field(
+        None, description="Kueue's latest word on the job's Workload (why it waits, or admitted)."
+    )
     ray_job_name: str | None = None
     start_time: dt.datetime | None = None
     completion_time: dt.datetime | None = None

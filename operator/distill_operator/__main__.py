@@ -3,7 +3,8 @@
     python -m distill_operator [--namespace NS ... | --all-namespaces]
         [--peering NAME | --standalone] [--liveness-port 8080] [--metrics-port 9100]
         [--progress-interval 30] [--progress-url-template URL] [--log-format json|full|plain]
-        [--verbose | --debug]
+        [--job-run-as-user 1000|none] [--no-network-policy] [--dashboard-peers JSON]
+        [--metrics-peers JSON] [--verbose | --debug]
 
 Credentials: the pod's service account in a cluster, else KUBECONFIG / ~/.kube/config.
 Serves kopf's liveness probe on :LIVENESS_PORT/healthz and Prometheus metrics on
@@ -13,6 +14,7 @@ Serves kopf's liveness probe on :LIVENESS_PORT/healthz and Prometheus metrics on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -22,6 +24,7 @@ import prometheus_client
 
 from distill_operator import progress
 from distill_operator.apply import REQUEST_TIMEOUT_S, Kube, load_api_client
+from distill_operator.builders.options import DEFAULT_OPTIONS, BuildOptions
 from distill_operator.handlers import OperatorConfig, new_memo, register
 
 PREFIX = "distill.dev"
@@ -72,10 +75,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="placeholders: {name}, {namespace}, {service} (the trainer Service)",
     )
     parser.add_argument("--log-format", choices=["json", "full", "plain"], default="json")
+    jobs = parser.add_argument_group("job pods", "what the cluster decides about a job's pods")
+    jobs.add_argument(
+        "--job-run-as-user",
+        type=_user_id,
+        default=DEFAULT_OPTIONS.run_as_user,
+        help="uid (and gid, fsGroup) of the job's pods; `none` leaves them to the platform "
+        "(OpenShift's restricted SCC)",
+    )
+    jobs.add_argument(
+        "--no-network-policy",
+        dest="network_policy",
+        action="store_false",
+        help="no NetworkPolicy in front of each job's Ray pods",
+    )
+    jobs.add_argument(
+        "--dashboard-peers",
+        type=_peers,
+        default=DEFAULT_OPTIONS.dashboard_peers,
+        help="JSON list of NetworkPolicyPeers that may reach the Ray dashboard (job API); "
+        "default: KubeRay's operator pods in any namespace",
+    )
+    jobs.add_argument(
+        "--metrics-peers",
+        type=_peers,
+        default=DEFAULT_OPTIONS.metrics_peers,
+        help="JSON list of NetworkPolicyPeers that may scrape the Ray pods' metrics ports "
+        "(this operator and Prometheus); default: any namespace",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--verbose", action="store_true", help="kopf's verbose logging")
     verbosity.add_argument("--debug", action="store_true", help="also the HTTP traffic")
     return parser.parse_args(argv)
+
+
+def _user_id(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    uid = int(text)
+    if uid <= 0:
+        raise argparse.ArgumentTypeError("a non-root uid (> 0), or `none`")
+    return uid
+
+
+def _peers(text: str) -> tuple[dict[str, object], ...]:
+    try:
+        peers = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        raise argparse.ArgumentTypeError("a JSON list of NetworkPolicyPeer objects")
+    return tuple(peers)
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -113,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         progress_url_template=args.progress_url_template,
         progress_interval=args.progress_interval,
         progress_timeout=args.progress_timeout,
+        build=BuildOptions(
+            run_as_user=args.job_run_as_user,
+            network_policy=args.network_policy,
+            dashboard_peers=args.dashboard_peers,
+            metrics_peers=args.metrics_peers,
+        ),
     )
     registry = kopf.OperatorRegistry()
     register(registry, config)

@@ -27,6 +27,7 @@ PLURALS = {
     "Service": "services",
     "Deployment": "deployments",
     "RayJob": "rayjobs",
+    "NetworkPolicy": "networkpolicies",
     KIND: PLURAL,
 }
 

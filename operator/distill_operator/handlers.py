@@ -6,8 +6,12 @@ handlers are registered at start-up rather than by import-time decorators):
 - distilljob_create / distilljob_resume: create (or re-patch) the owned objects;
 - distilljob_update: a changed spec (suspend, grader, ttl) reaches the owned objects;
 - rayjob_status_changed: every event of an owned RayJob -> DistillJob phase and conditions;
+- child_deleted: an owned object deleted by someone else is created again (a finished job's
+  RayJob excepted: a finished job never runs again);
+- workload_admission: Kueue's word on a queued job's Workload -> status.admission and an Event;
 - distilljob_progress: timer, while Running, scraping the trainer's metrics into the status;
-- distilljob_event: the `distill_operator_jobs{phase}` gauge; a finished job's grader to 0.
+- distilljob_event: the `distill_operator_jobs{phase}` gauge; the grader's replicas follow the
+  phase (zero while suspended, waiting for Kueue, or finished).
 
 Deletion needs no handler: owned objects go with their DistillJob through ownerReferences. The
 one finalizer is kopf's, on Running jobs only, so that it can stop the progress timer first.
@@ -34,17 +38,19 @@ from distill_api import (
     format_validation_error,
     load_job,
 )
+from distill_api.v1alpha1 import CheckpointStatus
 from distill_operator import progress
 from distill_operator.apply import Kube, OwnedByAnother
-from distill_operator.builders import build_children
+from distill_operator.builders import DEFAULT_OPTIONS, BuildOptions, build_children
+from distill_operator.builders.grader import INVALID_SPEC, grader_replicas, has_finished
 from distill_operator.builders.labels import JOB_LABEL
 from distill_operator.builders.names import grader_name, rayjob_name
 from distill_operator.builders.rayjob import rayjob_mutable_spec
 from distill_operator.metrics import SCRAPE_ERRORS, PhaseTracker, instrumented
 from distill_operator.status import (
-    FINISHED_PHASES,
     SPEC_VALID,
     PhaseReport,
+    admission_message,
     changed_fields,
     phase_of,
     phase_reason,
@@ -53,6 +59,14 @@ from distill_operator.status import (
 )
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
+# Owned kinds besides the RayJob whose deletion is noticed: (group, version, plural).
+WATCHED_CHILDREN = [
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("apps", "v1", "deployments"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+]
+KUEUE_WORKLOADS = "workloads.kueue.x-k8s.io"  # whichever version the cluster's Kueue serves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +76,7 @@ class OperatorConfig:
     progress_url_template: str = progress.DEFAULT_URL_TEMPLATE
     progress_interval: float = 30.0
     progress_timeout: float = 5.0
+    build: BuildOptions = DEFAULT_OPTIONS
 
 
 def _now() -> dt.datetime:
@@ -84,27 +99,56 @@ def read_job(body: Mapping[str, Any], patch: kopf.Patch) -> DistillJob:
             (body.get("status") or {}).get("conditions") or [],
             SPEC_VALID,
             False,
-            "InvalidSpec",
+            INVALID_SPEC,
             message,
             _now(),
             body["metadata"].get("generation"),
         )
-        patch.status.update(phase=JobPhase.FAILED.value, conditions=conditions)
+        patch.status.update(phase=JobPhase.FAILED.value, reason=INVALID_SPEC, conditions=conditions)
         raise kopf.PermanentError(f"invalid DistillJob: {message}") from error
-    phase = (body.get("status") or {}).get("phase")
-    if phase in {p.value for p in JobPhase}:
-        job.status = DistillJobStatus(phase=JobPhase(phase))
+    job.status = status_for_builders(body.get("status") or {})
     return job
 
 
-def _ensure_children(job: DistillJob, kube: Kube, logger: kopf.Logger) -> None:
-    """Create every owned object, or bring it back to the built manifest.
+def status_for_builders(status: Mapping[str, Any]) -> DistillJobStatus | None:
+    """What the builders read of a stored status: phase, reason and the last checkpoint."""
+    phase = status.get("phase")
+    if phase not in {p.value for p in JobPhase}:
+        return None
+    last = status.get("lastCheckpoint")
+    checkpoint = CheckpointStatus.model_validate(last) if isinstance(last, dict) else None
+    return DistillJobStatus(
+        phase=JobPhase(phase), reason=status.get("reason"), last_checkpoint=checkpoint
+    )
+
+
+def job_of(body: Mapping[str, Any]) -> DistillJob | None:
+    """The body as a DistillJob with the status the builders read, None when it is invalid
+    (the spec handlers report that)."""
+    document = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
+    try:
+        job = load_job(document)
+    except ValidationError:
+        return None
+    job.status = status_for_builders(body.get("status") or {})
+    return job
+
+
+def _ensure_children(
+    job: DistillJob, kube: Kube, config: OperatorConfig, logger: kopf.Logger
+) -> list[str]:
+    """Create every owned object, or bring it back to the built manifest; the created ones.
 
     An existing RayJob only gets its mutable fields patched: KubeRay owns the running cluster
-    and rejects most changes to it.
+    and rejects most changes to it. A finished job's RayJob is left alone, even when it is gone:
+    creating it again would run the whole training again.
     """
     owner_uid = (job.metadata.model_extra or {})["uid"]
-    for obj in build_children(job):
+    finished = has_finished(job)
+    created = []
+    for obj in build_children(job, config.build):
+        if obj["kind"] == "RayJob" and finished:
+            continue
         update = {"spec": rayjob_mutable_spec(job)} if obj["kind"] == "RayJob" else None
         try:
             outcome = kube.ensure(obj, owner_uid, update)
@@ -113,6 +157,9 @@ def _ensure_children(job: DistillJob, kube: Kube, logger: kopf.Logger) -> None:
             raise kopf.TemporaryError(str(error), delay=5) from error
         name = obj["metadata"]["name"]
         logger.info("%s %s/%s %s", obj["kind"], job.metadata.namespace, name, outcome)
+        if outcome == "created":
+            created.append(f"{obj['kind']} {name}")
+    return created
 
 
 def _warn_if_suspend_ignored(body: kopf.Body, job: DistillJob) -> None:
@@ -148,7 +195,7 @@ def distilljob_create(
 ) -> None:
     job = read_job(body, patch)
     _clear_invalid_spec(body, memo.kube)
-    _ensure_children(job, memo.kube, logger)
+    _ensure_children(job, memo.kube, memo.config, logger)
     _warn_if_suspend_ignored(body, job)
     patch.status.update(
         observedGeneration=body["metadata"]["generation"], rayJobName=rayjob_name(job.metadata.name)
@@ -159,6 +206,14 @@ def distilljob_create(
         message=f"RayJob {rayjob_name(job.metadata.name)}, "
         f"grader {grader_name(job.metadata.name)} and trainer metrics Service",
     )
+    if job.spec.checkpoint is None:
+        kopf.warn(
+            body,
+            reason="ResultsNotKept",
+            message="spec.checkpoint is not set: checkpoints and the final model stay on the "
+            "pods' disks and are lost with the Ray cluster (ttlSecondsAfterFinished after the "
+            "end, or on suspension and preemption, which also restart training from step 0)",
+        )
 
 
 @instrumented("distilljob_resume")
@@ -167,7 +222,7 @@ def distilljob_resume(
 ) -> None:
     """After an operator restart: recreate whatever was deleted meanwhile; status is kept."""
     job = read_job(body, patch)
-    _ensure_children(job, memo.kube, logger)
+    _ensure_children(job, memo.kube, memo.config, logger)
 
 
 @instrumented("distilljob_update")
@@ -182,18 +237,33 @@ def distilljob_update(
     """A spec change; the CRD's transition rules let only suspend, grader and ttl change."""
     job = read_job(body, patch)
     _clear_invalid_spec(body, memo.kube)
-    _ensure_children(job, memo.kube, logger)
+    _ensure_children(job, memo.kube, memo.config, logger)
     if (old or {}).get("suspend", False) != job.spec.suspend:
         _warn_if_suspend_ignored(body, job)
     patch.status.update(observedGeneration=body["metadata"]["generation"])
 
 
-def _owner_of(rayjob: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The controlling DistillJob reference (uid-checked later; a label alone could be forged)."""
-    for ref in rayjob.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+def _owner_of(
+    child: Mapping[str, Any], kind: str = KIND, group: str = GROUP
+) -> Mapping[str, Any] | None:
+    """The owner reference of `kind` (uid-checked later; a label alone could be forged)."""
+    for ref in child.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind and ref.get("apiVersion", "").startswith(f"{group}/"):
             return ref
     return None
+
+
+def _live_owner(kube: Kube, child: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The DistillJob that owns `child`, if it still exists and is not being deleted."""
+    owner = _owner_of(child)
+    if owner is None:
+        return None
+    distilljob = kube.get_distilljob(child["metadata"]["namespace"], owner["name"])
+    if distilljob is None or distilljob["metadata"]["uid"] != owner.get("uid"):
+        return None  # the owner is gone (or was recreated): garbage collection handles this one
+    if distilljob["metadata"].get("deletionTimestamp"):
+        return None
+    return distilljob
 
 
 def _announce(distilljob: Mapping[str, Any], report: PhaseReport, new_phase: bool) -> None:
@@ -211,27 +281,81 @@ def _announce(distilljob: Mapping[str, Any], report: PhaseReport, new_phase: boo
 def rayjob_status_changed(
     body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    owner = _owner_of(body)
-    if owner is None or type == "DELETED":
+    if type == "DELETED":
+        child_deleted(body=body, type=type, memo=memo, logger=logger)
         return
-    namespace = body["metadata"]["namespace"]
-    distilljob = memo.kube.get_distilljob(namespace, owner["name"])
-    if distilljob is None or distilljob["metadata"]["uid"] != owner.get("uid"):
-        return  # the owner is gone (or was recreated): garbage collection handles this RayJob
+    distilljob = _live_owner(memo.kube, body)
+    if distilljob is None:
+        return
+    namespace, name = body["metadata"]["namespace"], distilljob["metadata"]["name"]
     previous = distilljob.get("status") or {}
     report = phase_of(body)
     generation = distilljob["metadata"].get("generation")
     delta = changed_fields(phase_status(report, previous, _now(), generation), previous)
     if not delta:
         return
-    memo.kube.patch_distilljob_status(namespace, owner["name"], delta)
+    memo.kube.patch_distilljob_status(namespace, name, delta)
     new_phase = previous.get("phase") != report.phase.value
     if not new_phase and phase_reason(previous) == report.reason:
         return
-    logger.info(
-        "DistillJob %s/%s is %s (%s)", namespace, owner["name"], report.phase.value, report.reason
-    )
+    logger.info("DistillJob %s/%s is %s (%s)", namespace, name, report.phase.value, report.reason)
     _announce(distilljob, report, new_phase)
+
+
+@instrumented("child_deleted")
+def child_deleted(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Someone deleted an object a live DistillJob owns: create it again, and say so.
+
+    A RayJob comes back resuming from status.lastCheckpoint; a finished job's RayJob stays gone.
+    """
+    if type != "DELETED":
+        return
+    distilljob = _live_owner(memo.kube, body)
+    job = job_of(distilljob) if distilljob is not None else None
+    if job is None:
+        return
+    try:
+        created = _ensure_children(job, memo.kube, memo.config, logger)
+    except kopf.TemporaryError as error:  # a foreign namesake took the name meanwhile
+        logger.warning("Cannot restore %s: %s", body["metadata"]["name"], error)
+        return
+    if not created:
+        return
+    deleted = f"{body.get('kind', 'object')} {body['metadata']['name']}"
+    resumed = ""
+    if any(c.startswith("RayJob ") for c in created) and job.status and job.status.last_checkpoint:
+        resumed = f"; training resumes from {job.status.last_checkpoint.uri}"
+    kopf.warn(
+        distilljob,
+        reason="ChildRestored",
+        message=f"{deleted} was deleted; created again: {', '.join(created)}{resumed}",
+    )
+
+
+@instrumented("workload_admission")
+def workload_admission(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """A Kueue Workload of one of our RayJobs: its admission state -> status.admission, Event."""
+    owner = _owner_of(body, "RayJob", RAY_GROUP)
+    if owner is None or type == "DELETED":
+        return
+    namespace = body["metadata"]["namespace"]
+    rayjob = memo.kube.get(f"{RAY_GROUP}/{RAY_VERSION}", "RayJob", namespace, owner["name"])
+    if rayjob is None or rayjob["metadata"].get("uid") != owner.get("uid"):
+        return
+    distilljob = _live_owner(memo.kube, rayjob)
+    message = admission_message(body)
+    if distilljob is None or message is None:
+        return
+    if (distilljob.get("status") or {}).get("admission") == message.text:
+        return
+    name = distilljob["metadata"]["name"]
+    memo.kube.patch_distilljob_status(namespace, name, {"admission": message.text})
+    logger.info("DistillJob %s/%s: Kueue: %s", namespace, name, message.text)
+    kopf.info(distilljob, reason=message.reason, message=message.text)
 
 
 @instrumented("distilljob_progress")
@@ -262,6 +386,7 @@ def distilljob_progress(
 
 @instrumented("distilljob_event")
 def distilljob_event(
+    body: kopf.Body,
     type: str | None,
     uid: str,
     name: str,
@@ -271,20 +396,28 @@ def distilljob_event(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Every DistillJob event: the phase gauge, and no grader for a job that just finished.
+    """Every DistillJob event: the phase gauge, and the grader's replicas for the new phase.
 
     The grader is scaled here, in the DistillJob's own worker, not by the RayJob watcher: kopf
     runs one DistillJob's handlers one after another, so a create/resume/update that applied an
     older phase's replicas cannot overwrite this later write (builders.grader_replicas agrees).
+    A finished job's grader is kept at zero rather than deleted: its Service and logs stay.
     """
-    phase = status.get("phase")
-    previous = memo.phases.observe(uid, phase, deleted=type == "DELETED")
-    if type != "DELETED" and phase != previous and phase in FINISHED_PHASES:
-        # Kept at zero replicas rather than deleted: its Service and logs stay for inspection.
-        # (A job that failed validation never had one.)
-        grader, patch = grader_name(name), {"spec": {"replicas": 0}}
-        if memo.kube.patch_if_exists("apps/v1", "Deployment", namespace, grader, patch):
-            logger.info("Grader of %s/%s scaled to 0: the job is %s", namespace, name, phase)
+    memo.phases.observe(uid, status.get("phase"), deleted=type == "DELETED")
+    if type == "DELETED":
+        memo.graders.pop(uid, None)
+        return
+    job = job_of(body)
+    if job is None:
+        return
+    replicas = grader_replicas(job)
+    if memo.graders.get(uid) == replicas:
+        return
+    grader, patch = grader_name(name), {"spec": {"replicas": replicas}}
+    if memo.kube.patch_if_exists("apps/v1", "Deployment", namespace, grader, patch):
+        memo.graders[uid] = replicas
+        reason = status.get("reason") or status.get("phase")
+        logger.info("Grader of %s/%s at %d replicas (%s)", namespace, name, replicas, reason)
 
 
 def _is_running(status: kopf.Status, **_: Any) -> bool:
@@ -306,16 +439,16 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         when=_is_running,
         **on,
     )(distilljob_progress)
-    kopf.on.event(
-        RAY_GROUP,
-        RAY_VERSION,
-        RAY_PLURAL,
-        id="rayjob_status_changed",
-        labels={JOB_LABEL: kopf.PRESENT},
-        **on,
-    )(rayjob_status_changed)
+    owned = {"labels": {JOB_LABEL: kopf.PRESENT}, **on}
+    kopf.on.event(RAY_GROUP, RAY_VERSION, RAY_PLURAL, id="rayjob_status_changed", **owned)(
+        rayjob_status_changed
+    )
+    for group, version, plural in WATCHED_CHILDREN:
+        kopf.on.event(group, version, plural, id=f"{plural}_deleted", **owned)(child_deleted)
+    kopf.on.event(KUEUE_WORKLOADS, id="workload_admission", **on)(workload_admission)
 
 
 def new_memo(kube: Kube, config: OperatorConfig) -> kopf.Memo:
-    """The state every handler reads: API client, options, the phase gauge's bookkeeping."""
-    return kopf.Memo(kube=kube, config=config, phases=PhaseTracker())
+    """The state every handler reads: API client, options, the phase gauge's bookkeeping and
+    the grader replicas last applied per DistillJob uid."""
+    return kopf.Memo(kube=kube, config=config, phases=PhaseTracker(), graders={})

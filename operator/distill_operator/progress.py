@@ -25,7 +25,8 @@ _FLOAT_FIELDS = {
 }
 _INT_FIELDS = {"step": "training_step", "totalSteps": "training_total_steps"}
 _CHECKPOINT_GAUGE = "training_last_checkpoint_step"
-_WANTED = {*_FLOAT_FIELDS.values(), *_INT_FIELDS.values(), _CHECKPOINT_GAUGE}
+_FINAL_MODEL_GAUGE = "training_final_model_saved"  # 1 once <checkpoint.uri>/final/ is written
+_WANTED = {*_FLOAT_FIELDS.values(), *_INT_FIELDS.values(), _CHECKPOINT_GAUGE, _FINAL_MODEL_GAUGE}
 
 
 class ScrapeError(Exception):
@@ -60,16 +61,33 @@ def trainer_gauges(text: str, job_name: str) -> dict[str, float]:
     return values
 
 
+def checkpoint_uri(base: str, step: int) -> str:
+    """Where the trainer commits the checkpoint of `step` (the trainer's layout)."""
+    return f"{base.rstrip('/')}/global_step_{step}/"
+
+
+def final_model_uri(base: str) -> str:
+    return f"{base.rstrip('/')}/final/"
+
+
 def progress_status(gauges: dict[str, float], job: DistillJob) -> dict[str, Any]:
-    """Status fields from the gauges; lastCheckpoint is a URI under spec.checkpoint.uri."""
+    """Status fields from the gauges; lastCheckpoint and finalModel are under spec.checkpoint.uri
+    (without spec.checkpoint they stay in the pods and are not reported)."""
     status: dict[str, Any] = {
         field: gauges[gauge] for field, gauge in _FLOAT_FIELDS.items() if gauge in gauges
     }
     status.update(
         {field: int(gauges[gauge]) for field, gauge in _INT_FIELDS.items() if gauge in gauges}
     )
+    if job.spec.checkpoint is None:
+        return status
+    base = job.spec.checkpoint.uri
     checkpoint_step = int(gauges.get(_CHECKPOINT_GAUGE, 0))
-    if job.spec.checkpoint is not None and checkpoint_step > 0:
-        uri = job.spec.checkpoint.uri.rstrip("/")
-        status["lastCheckpoint"] = f"{uri}/global_step_{checkpoint_step}/"
+    if checkpoint_step > 0:
+        status["lastCheckpoint"] = {
+            "uri": checkpoint_uri(base, checkpoint_step),
+            "step": checkpoint_step,
+        }
+    if gauges.get(_FINAL_MODEL_GAUGE, 0) >= 1:
+        status["finalModel"] = final_model_uri(base)
     return status

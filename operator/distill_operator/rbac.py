@@ -31,11 +31,15 @@ REQUIRED_PERMISSIONS: list[Permission] = [
     # Enforcement admission plugin is on (OpenShift).
     Permission("distill.dev", "distilljobs/finalizers", ("update",)),
     # What one DistillJob owns: created, or read (is it ours?) and patched back to the desired
-    # state; deleted by the garbage collector through ownerReferences, never by the operator.
+    # state; watched (label distill.dev/job) so that a deleted one is noticed and restored;
+    # deleted by the garbage collector through ownerReferences, never by the operator.
     Permission("ray.io", "rayjobs", ("get", "list", "watch", "create", "patch")),
-    Permission("", "configmaps", ("get", "create", "patch")),
-    Permission("", "services", ("get", "create", "patch")),
-    Permission("apps", "deployments", ("get", "create", "patch")),
+    Permission("", "configmaps", ("get", "list", "watch", "create", "patch")),
+    Permission("", "services", ("get", "list", "watch", "create", "patch")),
+    Permission("apps", "deployments", ("get", "list", "watch", "create", "patch")),
+    Permission("networking.k8s.io", "networkpolicies", ("get", "list", "watch", "create", "patch")),
+    # Kueue's Workloads of our RayJobs: why a queued job waits (status.admission, Events).
+    Permission("kueue.x-k8s.io", "workloads", ("get", "list", "watch")),
     # kopf posts Events (core/v1) about handlers and phase changes.
     Permission("", "events", ("create",)),
     # kopf: peering (with --peering or when auto-detected) and runtime discovery of CRDs and

@@ -155,6 +155,18 @@ def test_snake_and_camel_case_both_accepted_in_python() -> None:
         ({"grader": {"replicas": 0}}, "spec.grader.replicas", "greater than"),
         ({"student": None}, "spec.student", "valid dictionary"),
         ({"learningRate": 1e-5}, "spec.learningRate", "Extra inputs"),
+        ({"queueName": "Team_Math"}, "spec.queueName", "pattern"),
+        ({"workloadPriorityClass": "x" * 64}, "spec.workloadPriorityClass", "at most 63"),
+        (
+            {"pods": {"volumes": [{"name": "tmp", "emptyDir": {}}]}},
+            "spec.pods.volumes[0].name",
+            "operator's own volumes",
+        ),
+        (
+            {"checkpoint": {"uri": "s3://b/p", "volume": {"claimName": "ckpt"}}},
+            "spec.checkpoint.uri",
+            "not under volume.mountPath '/checkpoints'",
+        ),
     ],
 )
 def test_invalid_spec_names_the_field(overrides: dict, field: str, fragment: str) -> None:

@@ -51,6 +51,7 @@ def render(run_helm: Callable[..., subprocess.CompletedProcess[str]]) -> Render:
         out = run_helm(
             "template", "distill", str(CHART), "--namespace", RELEASE_NAMESPACE, *flags, *args
         ).stdout
-        return [doc for doc in yaml.safe_load_all(out) if doc]
+        # The C loader: the rendered CRD is large (it embeds pod-template schemas).
+        return [doc for doc in yaml.load_all(out, Loader=yaml.CSafeLoader) if doc]
 
     return _render

@@ -79,9 +79,24 @@ def test_optional_parts_follow_their_switches(render) -> None:
         "ConfigMap",
     }
     full_kinds = {o["kind"] for o in render("--values", str(FULL_VALUES))}
-    added = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Role", "RoleBinding", "KopfPeering"}
+    added = {
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "KopfPeering",
+        "PodDisruptionBudget",  # replicas: 2
+    }
     assert full_kinds == default_kinds | added
-    off = render("--set", "dashboard.enabled=false", "--set", "rbac.create=false")
+    off = render(
+        "--set",
+        "dashboard.enabled=false",
+        "--set",
+        "rbac.create=false",
+        "--set",
+        "userRoles.create=false",
+    )
     assert {o["kind"] for o in off} == default_kinds - {
         "ConfigMap",
         "ClusterRole",
@@ -114,20 +129,21 @@ def test_operator_runs_hardened(render) -> None:
 def test_operator_arguments_follow_the_mode(render) -> None:
     default = _operator_container(render())
     assert default["image"] == "ghcr.io/distill-operator/operator:0.1.0"
-    assert default["args"] == [
+    assert default["args"][:4] == [
         "--all-namespaces",
         "--standalone",
         "--liveness-port=8080",
         "--metrics-port=9100",
     ]
     full = _operator_container(render("--values", str(FULL_VALUES)))
-    assert full["args"] == [
+    assert full["args"][:7] == [
         "--namespace=ml-research",
         "--namespace=ml-prod",
         "--peering=distill",
         "--liveness-port=8081",
         "--metrics-port=9101",
         "--verbose",
+        "--job-run-as-user=2000",
     ]
     ports = {p["name"]: p["containerPort"] for p in full["ports"]}
     assert ports == {"metrics": 9101, "healthz": 8081}
@@ -206,3 +222,94 @@ def test_notes_say_how_to_submit_and_watch_a_job(run_helm, tmp_path) -> None:
     full = _render_notes(run_helm, tmp_path / "full", "--values", str(FULL_VALUES))
     assert "watching namespace(s) ml-research, ml-prod." in full
     assert "jobMonitoring.podMonitor.enabled=true" not in full
+
+
+def _job_pod_args(container: dict[str, Any]) -> dict[str, str]:
+    args = [
+        a
+        for a in container["args"]
+        if a.startswith(("--job-", "--no-network", "--dashboard-", "--metrics-peers"))
+    ]
+    return dict([*a.split("=", 1), ""][:2] for a in args)
+
+
+def test_job_pod_options_reach_the_operator(render) -> None:
+    """The operator's own CLI parses what the chart passes (same flags, valid JSON peers)."""
+    from distill_operator.__main__ import parse_args
+
+    default = _job_pod_args(_operator_container(render()))
+    assert "--job-run-as-user" not in default  # the operator's default, 1000
+    parsed = parse_args([f"{k}={v}" for k, v in default.items()])
+    assert parsed.job_run_as_user == 1000 and parsed.network_policy is True
+    kuberay = {"app.kubernetes.io/name": "kuberay-operator"}
+    assert parsed.dashboard_peers == (
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": kuberay}},
+    )
+    operator_pods, prometheus = parsed.metrics_peers
+    assert operator_pods["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "distill-system"}
+    }
+    assert operator_pods["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert prometheus["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+
+    openshift = render(
+        "--set",
+        "jobPods.runAsUser=null",
+        "--set",
+        "jobPods.networkPolicy.enabled=false",
+        "--set",
+        "podSecurityContext.runAsUser=null",
+        "--set",
+        "podSecurityContext.runAsGroup=null",
+        "--set",
+        "podSecurityContext.fsGroup=null",
+    )
+    args = _job_pod_args(_operator_container(openshift))
+    assert args == {"--job-run-as-user": "none", "--no-network-policy": ""}
+    assert parse_args(list(_operator_container(openshift)["args"])).job_run_as_user is None
+    (deployment,) = find(openshift, "Deployment")
+    context = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert context == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def test_probes_security_context_and_disruption_budget_are_values(render) -> None:
+    full = render("--values", str(FULL_VALUES))
+    container = _operator_container(full)
+    assert container["livenessProbe"]["failureThreshold"] == 5
+    assert container["readinessProbe"]["periodSeconds"] == 5
+    (deployment,) = find(full, "Deployment")
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 20001
+    (budget,) = find(full, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert find(render(), "PodDisruptionBudget") == []  # one replica: a budget would block drains
+
+
+def test_chart_works_as_a_dependency_with_global_values(run_helm, tmp_path) -> None:
+    """A parent chart hands `global` to every subchart; the values schema must accept it."""
+    parent = tmp_path / "platform"
+    (parent / "charts").mkdir(parents=True)
+    shutil.copytree(CHART, parent / "charts" / "distill-operator")
+    (parent / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\n"
+        "dependencies:\n  - name: distill-operator\n    version: '>=0.0.0'\n"
+    )
+    (parent / "values.yaml").write_text(
+        "global:\n  imageRegistry: registry.example.com\n  imagePullSecrets: [regcred]\n"
+        "distill-operator:\n  replicas: 2\n"
+    )
+    run_helm("lint", "--strict", str(parent))
+    out = run_helm(
+        "template",
+        "platform",
+        str(parent),
+        "--namespace",
+        "platform",
+        "--set",
+        "global.storageClass=fast",
+    ).stdout
+    objects = [doc for doc in yaml.safe_load_all(out) if doc]
+    assert find(objects, "PodDisruptionBudget")  # the parent's values reached the subchart
+    for obj in objects:
+        if not obj["apiVersion"].startswith("kopf.dev/"):  # kopf's peering: a CRD of its own
+            kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from chart.helpers import CHART, REPO_ROOT, load_yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from distill_operator.builders.pods import RUN_AS_USER as TRAINER_UID
+from distill_operator.builders.options import RUN_AS_USER as TRAINER_UID
 
 OPERATOR = REPO_ROOT / "Dockerfile"
 TRAINER = REPO_ROOT / "trainer_image" / "Dockerfile"
@@ -157,8 +158,9 @@ def test_trainer_image_has_what_the_trainer_and_grader_import() -> None:
 
 
 def test_images_run_as_the_users_their_pods_expect() -> None:
-    deployment_uid = 10001  # templates/deployment.yaml's runAsUser
-    assert f"runAsUser: {deployment_uid}" in (CHART / "templates" / "deployment.yaml").read_text()
+    deployment_uid = 10001  # values.yaml's podSecurityContext.runAsUser
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["podSecurityContext"]["runAsUser"] == deployment_uid
     users = {
         path: [args for keyword, args in final_stage(path) if keyword == "USER"]
         for path in (OPERATOR, TRAINER)

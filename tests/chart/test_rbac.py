@@ -15,6 +15,11 @@ from chart.helpers import REPO_ROOT, find
 from distill_operator.rbac import CLUSTER_SCOPED_RESOURCES, REQUIRED_PERMISSIONS
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
+USER_ROLES = ("distilljob-editor", "distilljob-viewer")
+
+
+def operator_cluster_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in find(objects, "ClusterRole") if r["metadata"]["name"] not in USER_ROLES]
 
 
 def _grants(rules: list[dict[str, Any]]) -> list[Grant]:
@@ -44,7 +49,7 @@ def _declared(*, cluster_scoped: bool, peering: str | None) -> set[Grant]:
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_cluster_wide_install_grants_the_declaration(render, replicas: int) -> None:
     objects = render("--set", f"replicas={replicas}")
-    (role,) = find(objects, "ClusterRole")
+    (role,) = operator_cluster_roles(objects)
     grants = _grants(role["rules"])
     peering = "cluster" if replicas > 1 else None
     expected = _declared(cluster_scoped=False, peering=peering) | _declared(
@@ -59,7 +64,7 @@ def test_cluster_wide_install_grants_the_declaration(render, replicas: int) -> N
 def test_namespaced_install_grants_roles_per_namespace(render, replicas: int) -> None:
     objects = render("--set", f"replicas={replicas}", "--set", "watchNamespaces={team-a,team-b}")
     peering = "namespaced" if replicas > 1 else None
-    (cluster_role,) = find(objects, "ClusterRole")
+    (cluster_role,) = operator_cluster_roles(objects)
     assert set(_grants(cluster_role["rules"])) == _declared(cluster_scoped=True, peering=None)
     roles = find(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -93,3 +98,23 @@ def test_generated_chart_files_are_up_to_date() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_user_roles_aggregate_into_edit_and_view(render) -> None:
+    objects = render()
+    editor, viewer = (find(objects, "ClusterRole", name)[0] for name in USER_ROLES)
+    aggregated = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in editor["metadata"]["labels"] if k.startswith(aggregated)} == {
+        f"{aggregated}edit",
+        f"{aggregated}admin",
+    }
+    assert {k for k in viewer["metadata"]["labels"] if k.startswith(aggregated)} == {
+        f"{aggregated}view"
+    }
+    assert ("distill.dev", "distilljobs", "create") in _grants(editor["rules"])
+    assert ("distill.dev", "distilljobs", "delete") in _grants(editor["rules"])
+    viewer_verbs = {verb for _, _, verb in _grants(viewer["rules"])}
+    assert viewer_verbs == {"get", "list", "watch"}
+    assert not any(
+        find(render("--set", "userRoles.create=false"), "ClusterRole", n) for n in USER_ROLES
+    )

@@ -130,6 +130,15 @@ BUILTINS: tuple[Resource, ...] = (
     ),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
     _builtin(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        singular="networkpolicy",
+        short_names=("netpol",),
+        tracks_generation=True,
+    ),
+    _builtin(
         "events.k8s.io",
         "v1",
         "events",

@@ -68,7 +68,9 @@ def test_apply_get_describe(kubectl, fake_kube: FakeKube) -> None:
             },
         )
     header, row = kubectl("get", "dj").stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "STEP", "REWARD", "KL", "AGE"]
+    columns = ["NAME", "PHASE", "QUEUE", "REASON", "STEP", "REWARD", "KL", "AGE"]
+    assert header.split() == columns
+    # QUEUE and REASON are empty cells (not queued, Running): kubectl prints nothing there.
     assert row.split()[:5] == ["math-distill", "Running", "7", "0.5", "0.01"]
     described = kubectl("describe", "dj", "math-distill").stdout
     assert "Kind:         DistillJob" in described

@@ -34,7 +34,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from fakekube import FakeKube
-from fakekube.fixtures import crd_paths
+from fakekube.fixtures import crd_paths, kueue_workload_crd
 from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,6 +134,7 @@ TRAINER_GAUGES = (
     "distill_kl_per_token",
     "distill_kl_coef",
     "training_last_checkpoint_step",
+    "training_final_model_saved",
 )
 
 
@@ -286,6 +287,7 @@ KINDS = {
     "Deployment": ("apps", "v1", "deployments"),
     "Service": ("", "v1", "services"),
     "RayJob": RAYJOB,
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 
 
@@ -331,6 +333,37 @@ class Cluster:
     def child(self, kind: str, name: str) -> Body | None:
         return self.kube.get(*KINDS[kind], NS, name)
 
+    def delete_child(self, kind: str, name: str) -> None:
+        """Delete an owned object as a user (or a cleanup script) would."""
+        group, version, plural = KINDS[kind]
+        api = self.kube.api_client()
+        path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+        api.call_api(
+            f"{path}/namespaces/{NS}/{plural}/{name}", "DELETE", auth_settings=["BearerToken"]
+        )
+
+    def kueue_workload(self, rayjob_name: str, **status: Any) -> None:
+        """Create or update the Workload Kueue keeps for a queued RayJob, with `status`."""
+        rayjob = self.child("RayJob", rayjob_name) or {}
+        owner = {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayJob",
+            "name": rayjob_name,
+            "uid": rayjob["metadata"]["uid"],
+            "controller": True,
+        }
+        name = f"rayjob-{rayjob_name}"
+        workloads = ("kueue.x-k8s.io", "v1beta2", NS, "workloads")
+        if self.kube.get(*workloads[:2], "workloads", NS, name) is None:
+            body = {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "Workload",
+                "metadata": {"name": name, "ownerReferences": [owner]},
+                "spec": {"queueName": "team-math"},
+            }
+            self.custom.create_namespaced_custom_object(*workloads, body)
+        self.custom.patch_namespaced_custom_object_status(*workloads, name, {"status": status})
+
     def wait_job(self, name: str, check: Callable[[Body], Any], timeout: float = 20) -> Body:
         """Wait until check(status) is truthy; returns the status."""
         return self.kube.wait_for(
@@ -365,8 +398,10 @@ def conditions() -> Callable[[Body, str], Body]:
 
 @pytest.fixture(scope="session")
 def live_kube(repo_root: Path, upstream_schemas: Path) -> Iterator[FakeKube]:
-    """FakeKube validating DistillJobs with the generated CRD and RayJobs with KubeRay's."""
-    with FakeKube(crds=crd_paths(repo_root, upstream_schemas)) as server:
+    """FakeKube validating DistillJobs with the generated CRD and RayJobs with KubeRay's; Kueue's
+    Workloads are served too."""
+    crds = [*crd_paths(repo_root, upstream_schemas), kueue_workload_crd()]
+    with FakeKube(crds=crds) as server:
         yield server
 
 

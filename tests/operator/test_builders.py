@@ -1,5 +1,6 @@
-"""The manifests one DistillJob turns into: schema-valid, secure, wired together, and unchanged
-unless the golden snapshots are regenerated on purpose (`pytest tests/operator --update-golden`)."""
+"""The manifests one DistillJob turns into: schema-valid, secure, wired together, placed where the
+spec says, and unchanged unless the golden snapshots are regenerated on purpose
+(`pytest tests/operator --update-golden`)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,30 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.utils import parse_quantity
 
 from distill_api import DistillJob, load_job
-from distill_operator.builders import build_children
+from distill_operator.builders import BuildOptions, build_children
 from distill_operator.builders.configmap import JOB_FILE_DIR, JOB_FILE_KEY
 from distill_operator.builders.grader import MAX_GRADER_WORKERS, grader_workers
-from distill_operator.builders.rayjob import rayjob_mutable_spec
+from distill_operator.builders.rayjob import ENTRYPOINT, rayjob_mutable_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 LONG_NAME = "qwen2-5-1-5b-from-qwen2-5-7b-instruct-on-math-with-gae-critic"
+
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+AFFINITY = {
+    "nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 1,
+                "preference": {
+                    "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]
+                },
+            }
+        ]
+    }
+}
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "math-distill": ("math-distill.yaml", {}),
@@ -37,6 +53,50 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
             "spec__suspend": True,
             "spec__grader__image": "ghcr.io/distill-operator/grader:0.1.0",
             "spec__checkpoint__secretRef": None,
+        },
+    ),
+    # Every pod setting, group overrides, a PVC for checkpoints, a Kueue priority, and a status
+    # with a committed checkpoint: the RayJob is being created again and resumes from it.
+    "scheduled": (
+        "math-distill.yaml",
+        {
+            "spec__queueName": "team-math",
+            "spec__workloadPriorityClass": "research-high",
+            "spec__pods": {
+                "nodeSelector": {"pool": "training"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml"}],
+                "affinity": AFFINITY,
+                "priorityClassName": "training",
+                "imagePullSecrets": [{"name": "ghcr"}],
+                "serviceAccountName": "distill-s3-reader",
+                "env": [
+                    {"name": "HF_ENDPOINT", "value": "https://hf.internal"},
+                    {"name": "HOME", "value": "/ignored"},  # ours wins
+                ],
+                "envFrom": [{"configMapRef": {"name": "proxy"}}],
+                "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "hf"}}],
+                "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+                "labels": {"team": "math", "distill.dev/job": "forged"},
+                "annotations": {"cost-center": "42"},
+            },
+            "spec__resources__rollout__tolerations": GPU_TOLERATIONS,
+            "spec__resources__rollout__priorityClassName": "gpu-training",
+            "spec__resources__actor__tolerations": GPU_TOLERATIONS,
+            "spec__resources__teacher__tolerations": GPU_TOLERATIONS,
+            "spec__resources__teacher__nodeSelector": {"gpu": "a100"},
+            "spec__grader__nodeSelector": {"pool": "cpu"},
+            "spec__grader__affinity": {},
+            "spec__checkpoint": {
+                "uri": "/checkpoints/math-distill",
+                "volume": {"claimName": "distill-checkpoints"},
+            },
+            "status": {
+                "phase": "Pending",
+                "lastCheckpoint": {
+                    "uri": "/checkpoints/math-distill/global_step_200/",
+                    "step": 200,
+                },
+            },
         },
     ),
     # Created suspended without Kueue; a small head and grader; 4 GPUs = 2 vLLM engines of TP 2.
@@ -125,12 +185,64 @@ def test_one_worker_group_per_role_advertising_its_ray_resource(case, groups, ex
     assert [g["groupName"] for g in workers] == groups
     assert len(workers) <= 17  # Kueue's webhook rejects RayJobs with more worker groups
     for group in workers:
-        # rayStartParams are strings; the resources map is JSON quoted once more for the shell.
-        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
-        advertised = json.loads(json.loads(group["rayStartParams"]["resources"]))
-        assert advertised == {group["groupName"]: 1}
+        # The group-level map (KubeRay >= 1.4), values quantities as strings; nothing hand-quoted
+        # in rayStartParams.
+        assert group["resources"] == {group["groupName"]: "1"}
+        assert "resources" not in group.get("rayStartParams", {})
         assert group["minReplicas"] == group["maxReplicas"] == group["replicas"]
         assert group["template"]["spec"]["containers"]
+
+
+# -- KubeRay v1.7's handling of a group's Ray resources (ray-operator/controllers/ray/common/
+# pod.go), ported: updateRayStartParamsResources writes the group-level map into rayStartParams,
+# then addWellKnownAcceleratorResources reads it back through getResourcesMap.
+
+
+def kuberay_update_ray_start_params_resources(params: dict[str, str], group: dict[str, str]):
+    """cpu/memory/GPU keys become num-cpus/memory/num-gpus; the rest `'<json>'` in resources."""
+    custom = {}
+    for name, quantity in group.items():
+        value = float(parse_quantity(quantity))
+        lowered = name.lower()
+        if lowered == "cpu":
+            params["num-cpus"] = str(int(value))
+        elif lowered == "memory":
+            params["memory"] = str(int(value))
+        elif lowered.endswith("gpu"):  # utils.IsGPUResourceKey
+            params["num-gpus"] = str(int(value))
+        else:
+            custom[name] = value
+    if custom:
+        # Go's json.Marshal of a map: sorted keys, no spaces.
+        params["resources"] = "'" + json.dumps(custom, sort_keys=True, separators=(",", ":")) + "'"
+
+
+def kuberay_get_resources_map(params: dict[str, str]) -> dict[str, float]:
+    """strings.Trim(resourcesStr, "'\"` "), then json.Unmarshal into map[string]float64."""
+    if "resources" not in params:
+        return {}
+    return {k: float(v) for k, v in json.loads(params["resources"].strip("'\"` ")).items()}
+
+
+@pytest.mark.parametrize("case", ["math-distill", "gae-kueue"])
+def test_worker_resources_parse_the_way_kuberay_reads_them(case, example_body) -> None:
+    workers = by_kind(children(example_body, case), "RayJob")["spec"]["rayClusterSpec"][
+        "workerGroupSpecs"
+    ]
+    for group in workers:
+        params = dict(group.get("rayStartParams", {}))
+        kuberay_update_ray_start_params_resources(params, group["resources"])
+        assert kuberay_get_resources_map(params) == {group["groupName"]: 1.0}
+        # num-gpus is left to addWellKnownAcceleratorResources, from the container's GPU limit.
+        assert "num-gpus" not in params
+
+
+def test_the_old_double_quoted_rayStartParams_string_fails_kuberays_parse() -> None:
+    """What the builder used to write: KubeRay trims the outer quotes and chokes on the rest
+    (logging an error per pod and setting no num-gpus)."""
+    params = {"resources": json.dumps(json.dumps({"rollout": 1}))}
+    with pytest.raises(json.JSONDecodeError):
+        kuberay_get_resources_map(params)
 
 
 def _limits(template: dict[str, Any]) -> dict[str, str]:
@@ -188,7 +300,9 @@ def test_rayjob_runs_the_trainer_once_and_cleans_up(example_body) -> None:
         "python -m distill_trainer run /etc/distill/job.json --backend ray "
         "--metrics-port 9400 --output-dir /tmp/distill"
     )
-    assert (rayjob["shutdownAfterJobFinishes"], rayjob["ttlSecondsAfterFinished"]) == (True, 3600)
+    # A short TTL: Kueue frees the quota at the end while the pods still hold their GPUs; the
+    # results are outside the pods (spec.checkpoint) and the driver's log is in the submitter.
+    assert (rayjob["shutdownAfterJobFinishes"], rayjob["ttlSecondsAfterFinished"]) == (True, 60)
     assert rayjob["backoffLimit"] == 0
     assert rayjob["submissionMode"] == "K8sJobMode"
 
@@ -292,7 +406,7 @@ def test_suspend_reaches_rayjob_and_grader_unless_kueue_owns_it(example_body) ->
     assert rayjob["spec"]["suspend"] is True and rayjob["spec"]["shutdownAfterJobFinishes"] is True
     assert by_kind(suspended, "Deployment")["spec"]["replicas"] == 0
     assert rayjob_mutable_spec(job_of(example_body, "suspended-small")) == {
-        "ttlSecondsAfterFinished": 3600,
+        "ttlSecondsAfterFinished": 60,
         "suspend": True,
     }
 
@@ -301,12 +415,12 @@ def test_suspend_reaches_rayjob_and_grader_unless_kueue_owns_it(example_body) ->
     assert by_kind(running, "Deployment")["spec"]["replicas"] == 2
 
     # Queued: Kueue's webhook suspends the RayJob and Kueue admits it; writing suspend (either
-    # way) would fight it, so the RayJob never carries one and the grader stays up.
+    # way) would fight it, so the RayJob never carries one. The grader waits for admission.
     queued = children(example_body, "gae-kueue")
     assert "suspend" not in by_kind(queued, "RayJob")["spec"]
-    assert by_kind(queued, "Deployment")["spec"]["replicas"] == 2
+    assert by_kind(queued, "Deployment")["spec"]["replicas"] == 0
     mutable = rayjob_mutable_spec(job_of(example_body, "gae-kueue"))
-    assert mutable == {"ttlSecondsAfterFinished": 3600}
+    assert mutable == {"ttlSecondsAfterFinished": 60}
 
 
 def test_finished_job_scales_the_grader_to_zero(example_body) -> None:
@@ -346,3 +460,170 @@ def test_the_e2e_smoke_job_is_valid_and_builds(repo_root, validate_rayjob) -> No
     validate_rayjob(rayjob)
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
     assert _limits(head) == {"cpu": "1", "memory": "2Gi"}
+
+
+# -- what a cluster needs of the pods: spec.pods and the groups' overrides, Kueue's labels,
+# checkpoints on a PVC, resuming, platform UIDs, the cluster's token, the NetworkPolicy.
+
+
+def templates_by_role(objs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    rayjob = by_kind(objs, "RayJob")["spec"]
+    cluster = rayjob["rayClusterSpec"]
+    return {
+        "head": cluster["headGroupSpec"]["template"],
+        **{g["groupName"]: g["template"] for g in cluster["workerGroupSpecs"]},
+        "submitter": rayjob["submitterPodTemplate"],
+        "grader": by_kind(objs, "Deployment")["spec"]["template"],
+    }
+
+
+def test_pod_settings_reach_every_pod_template(example_body) -> None:
+    templates = templates_by_role(children(example_body, "scheduled"))
+    assert set(templates) == {"head", "rollout", "actor", "teacher", "submitter", "grader"}
+    for role, template in templates.items():
+        spec, meta = template["spec"], template["metadata"]
+        assert spec["imagePullSecrets"] == [{"name": "ghcr"}], role
+        assert spec["serviceAccountName"] == "distill-s3-reader", role
+        assert {"name": "models", "persistentVolumeClaim": {"claimName": "hf"}} in spec["volumes"]
+        # The operator's labels win: a forged job label would break the Services' selectors.
+        assert meta["labels"]["team"] == "math" and meta["labels"]["distill.dev/job"] != "forged"
+        assert meta["annotations"] == {"cost-center": "42"}
+        for container in spec["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["HF_ENDPOINT"] == "https://hf.internal", role
+            assert env["HOME"] == "/tmp/home"  # ours, not the user's /ignored
+            assert [e["name"] for e in container["env"]].count("HOME") == 1
+            assert {"configMapRef": {"name": "proxy"}} in container["envFrom"]
+            mount = {"name": "models", "mountPath": "/models", "readOnly": True}
+            assert mount in container["volumeMounts"], role
+
+
+def test_group_placement_replaces_the_job_wide_one(example_body) -> None:
+    templates = templates_by_role(children(example_body, "scheduled"))
+    placement = {
+        role: {k: t["spec"].get(k) for k in ("nodeSelector", "tolerations", "priorityClassName")}
+        for role, t in templates.items()
+    }
+    job_wide = [{"key": "dedicated", "operator": "Equal", "value": "ml"}]
+    assert placement["head"] == {
+        "nodeSelector": {"pool": "training"},
+        "tolerations": job_wide,
+        "priorityClassName": "training",
+    }
+    assert placement["submitter"] == placement["head"]  # no GPU either: it goes with the head
+    assert placement["rollout"] == {
+        "nodeSelector": {"pool": "training"},
+        "tolerations": GPU_TOLERATIONS,
+        "priorityClassName": "gpu-training",
+    }
+    assert placement["actor"]["tolerations"] == GPU_TOLERATIONS
+    assert placement["teacher"]["nodeSelector"] == {"gpu": "a100"}
+    assert placement["grader"]["nodeSelector"] == {"pool": "cpu"}
+    assert placement["grader"]["tolerations"] == job_wide
+    assert templates["head"]["spec"]["affinity"] == AFFINITY
+    assert templates["grader"]["spec"]["affinity"] == {}  # set (empty) on the grader: replaces
+
+
+def test_without_pod_settings_nothing_is_added(example_body) -> None:
+    for template in pod_templates(children(example_body, "math-distill")):
+        spec = template["spec"]
+        absent = {"nodeSelector", "tolerations", "affinity", "priorityClassName"}
+        assert not absent & spec.keys()
+        assert not {"imagePullSecrets", "serviceAccountName"} & spec.keys()
+
+
+def test_kueue_labels_only_on_the_rayjob(example_body) -> None:
+    objs = children(example_body, "scheduled")
+    labels = by_kind(objs, "RayJob")["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-math"
+    assert labels["kueue.x-k8s.io/priority-class"] == "research-high"
+    for key, obj in objs.items():
+        if not key.startswith("RayJob/"):
+            assert not any(k.startswith("kueue.x-k8s.io/") for k in obj["metadata"]["labels"])
+
+
+def test_checkpoint_volume_is_mounted_where_checkpoints_are_written(example_body) -> None:
+    templates = templates_by_role(children(example_body, "scheduled"))
+    claim = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "distill-checkpoints"}}
+    for role, template in templates.items():
+        mounts = template["spec"]["containers"][0]["volumeMounts"]
+        mounted = {"name": "checkpoints", "mountPath": "/checkpoints"} in mounts
+        writes = role in {"head", "actor"}  # the driver and the actor; no critic in this case
+        assert mounted == writes, role
+        assert (claim in template["spec"]["volumes"]) == writes, role
+
+
+def test_recreated_rayjob_resumes_from_the_recorded_checkpoint(example_body) -> None:
+    resumed = by_kind(children(example_body, "scheduled"), "RayJob")["spec"]["entrypoint"]
+    assert resumed == f"{ENTRYPOINT} --resume-from /checkpoints/math-distill/global_step_200/"
+    # A first run, or one without spec.checkpoint, starts from the top.
+    assert by_kind(children(example_body, "math-distill"), "RayJob")["spec"]["entrypoint"] == (
+        ENTRYPOINT
+    )
+    body = example_body(
+        "math-distill.yaml",
+        status={"phase": "Running", "lastCheckpoint": {"uri": "/tmp/x/global_step_1/", "step": 1}},
+    )
+    del body["spec"]["checkpoint"]
+    (rayjob,) = [o for o in build_children(load_job(body)) if o["kind"] == "RayJob"]
+    assert rayjob["spec"]["entrypoint"] == ENTRYPOINT
+
+
+def test_grader_waits_for_kueue_admission(example_body) -> None:
+    def replicas(**status: Any) -> int:
+        body = example_body("math-distill.yaml", spec__queueName="q", status=status)
+        deployment = next(o for o in build_children(load_job(body)) if o["kind"] == "Deployment")
+        return deployment["spec"]["replicas"]
+
+    assert replicas() == 0  # new: Kueue's webhook suspends it on creation
+    assert replicas(phase="Pending", reason="WaitingForAdmission") == 0
+    assert replicas(phase="Pending", reason="RayJobInitializing") == 2  # admitted
+    assert replicas(phase="Running") == 2
+    assert replicas(phase="Succeeded", reason="TrainingSucceeded") == 0
+
+
+@pytest.mark.parametrize("uid", [1000, 4242, None])
+def test_pod_uids_come_from_the_operator_and_can_be_left_out(uid, example_body) -> None:
+    job = job_of(example_body, "math-distill")
+    built = build_children(job, BuildOptions(uid))
+    objs = {f"{o['kind']}/{o['metadata']['name']}": o for o in built}
+    for template in pod_templates(objs):
+        context = template["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True
+        ids = {k: context.get(k) for k in ("runAsUser", "runAsGroup", "fsGroup")}
+        assert ids == dict.fromkeys(ids, uid)
+        if uid is None:  # OpenShift's restricted SCC assigns them
+            assert not {"runAsUser", "runAsGroup", "fsGroup"} & context.keys()
+
+
+def test_ray_cluster_requires_a_token(example_body) -> None:
+    cluster = by_kind(children(example_body, "math-distill"), "RayJob")["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    # KubeRay's validation refuses token mode below Ray 2.52.0 (utils/validation.go).
+    major, minor, _ = (int(part) for part in cluster["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52)
+
+
+def test_network_policy_admits_only_the_job_kuberay_and_scrapers(example_body) -> None:
+    objs = children(example_body, "math-distill")
+    policy = by_kind(objs, "NetworkPolicy")
+    head = by_kind(objs, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    spec = policy["spec"]
+    selector = spec["podSelector"]
+    assert selector["matchLabels"].items() <= head["metadata"]["labels"].items()
+    assert selector["matchExpressions"] == [
+        {"key": "distill.dev/component", "operator": "In", "values": ["trainer", "ray-worker"]}
+    ]
+    assert spec["policyTypes"] == ["Ingress"]
+    own, dashboard, metrics = spec["ingress"]
+    submitter = by_kind(objs, "RayJob")["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"distill.dev/job": "math-distill"}}}]}
+    assert own["from"][0]["podSelector"]["matchLabels"].items() <= submitter.items()
+    assert dashboard["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    kuberay = {"app.kubernetes.io/name": "kuberay-operator"}
+    assert dashboard["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": kuberay}}]
+    assert [p["port"] for p in metrics["ports"]] == [9400, 8080]
+
+    job = job_of(example_body, "math-distill")
+    kinds = [o["kind"] for o in build_children(job, BuildOptions(network_policy=False))]
+    assert "NetworkPolicy" not in kinds

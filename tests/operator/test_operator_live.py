@@ -36,6 +36,13 @@ def is_subset(expected: Any, actual: Any) -> bool:
     return expected == actual
 
 
+def table_cells(header: str, row: str) -> dict[str, str]:
+    """A `kubectl get` row by column, cut where the header's columns start (cells may be empty)."""
+    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = zip(starts, [*starts[1:], None], strict=True)
+    return {header[a:b].strip(): row[a:b].strip() for a, b in bounds}
+
+
 def finalizers(cluster, name: str) -> list[str]:
     return cluster.job(name).get("metadata", {}).get("finalizers") or []
 
@@ -134,10 +141,17 @@ def test_progress_timer_copies_trainer_metrics_into_status(cluster, trainer_metr
     status = cluster.wait_job("progress", lambda s: s.get("step") == 12)
     assert (status["totalSteps"], status["reward"], status["klPerToken"]) == (400, 0.625, 0.0312)
     assert status["valReward"] == 0.5
-    assert status["lastCheckpoint"] == "s3://distill-checkpoints/math-distill/global_step_10/"
-    trainer_metrics.set("progress", training_step=13, training_step_reward=0.75)
+    assert status["lastCheckpoint"] == {
+        "uri": "s3://distill-checkpoints/math-distill/global_step_10/",
+        "step": 10,
+    }
+    assert "finalModel" not in status
+    trainer_metrics.set(
+        "progress", training_step=13, training_step_reward=0.75, training_final_model_saved=1
+    )
     status = cluster.wait_job("progress", lambda s: s.get("step") == 13)
     assert status["reward"] == 0.75
+    assert status["finalModel"] == "s3://distill-checkpoints/math-distill/final/"
 
 
 def test_unreachable_trainer_is_counted_not_fatal(cluster) -> None:
@@ -234,10 +248,24 @@ def test_kubectl_apply_get_and_describe(cluster, trainer_metrics, repo_root) -> 
     cluster.wait_job("math-distill", lambda s: s.get("step") == 12)
 
     header, row = run("get", "dj", "math-distill").splitlines()
-    assert header.split() == ["NAME", "PHASE", "STEP", "REWARD", "KL", "AGE"]
-    assert row.split()[:5] == ["math-distill", "Running", "12", "0.625", "0.0312"]
+    columns = header.split()
+    assert columns == ["NAME", "PHASE", "QUEUE", "REASON", "STEP", "REWARD", "KL", "AGE"]
+    cells = table_cells(header, row)
+    assert cells["NAME"] == "math-distill" and cells["PHASE"] == "Running"
+    assert (cells["STEP"], cells["REWARD"], cells["KL"]) == ("12", "0.625", "0.0312")
+    # Not queued, and Running: no reason to give.
+    assert cells["QUEUE"] in ("", "<none>") and cells["REASON"] in ("", "<none>")
     header, row = run("get", "distilljobs", "math-distill", "-o", "wide").splitlines()
-    assert header.split()[:6] == ["NAME", "PHASE", "STEP", "TOTAL", "REWARD", "KL"]
+    assert header.split()[:8] == [
+        "NAME",
+        "PHASE",
+        "QUEUE",
+        "REASON",
+        "STEP",
+        "TOTAL",
+        "REWARD",
+        "KL",
+    ]
     assert "400" in row.split() and "math-distill" in row.split()[1:]
 
     described = run("describe", "dj", "math-distill")

@@ -58,10 +58,20 @@ def test_status_fields_and_checkpoint_uri(example_body) -> None:
         "reward": 0.625,
         "klPerToken": 0.031,
         "valReward": 0.58,
-        "lastCheckpoint": "s3://distill-checkpoints/math-distill/global_step_100/",
+        "lastCheckpoint": {
+            "uri": "s3://distill-checkpoints/math-distill/global_step_100/",
+            "step": 100,
+        },
     }
-    # No checkpoint written yet: no lastCheckpoint.
+    # No checkpoint written yet: no lastCheckpoint; the final model once the trainer says so.
     assert "lastCheckpoint" not in progress_status({"training_last_checkpoint_step": 0}, job)
+    assert "finalModel" not in progress_status({"training_final_model_saved": 0}, job)
+    final = progress_status({"training_final_model_saved": 1}, job)
+    assert final == {"finalModel": "s3://distill-checkpoints/math-distill/final/"}
+    # Without spec.checkpoint nothing is kept beyond the pods: nothing to point at.
+    job.spec.checkpoint = None
+    gauges["training_final_model_saved"] = 1.0
+    assert not {"lastCheckpoint", "finalModel"} & progress_status(gauges, job).keys()
 
 
 def test_url_template_knows_the_trainer_service() -> None:

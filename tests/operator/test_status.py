@@ -8,6 +8,7 @@ import pytest
 
 from distill_api import DistillJobStatus, JobPhase
 from distill_operator.status import (
+    admission_message,
     as_reason,
     changed_fields,
     phase_of,
@@ -42,7 +43,9 @@ def rayjob(deployment: str = "", job: str = "", suspend: bool = False, **status:
         (rayjob("Failed", reason="DeadlineExceeded"), JobPhase.FAILED, "DeadlineExceeded"),
         (rayjob("Failed", "SUCCEEDED", reason="AppFailed"), JobPhase.FAILED, "AppFailed"),
         (rayjob("ValidationFailed"), JobPhase.FAILED, "RayJobValidationFailed"),
-        (rayjob("Running", "SUCCEEDED"), JobPhase.SUCCEEDED, "TrainingSucceeded"),
+        # KubeRay says Complete only once the submitter Job has finished too (K8sJobMode).
+        (rayjob("Running", "SUCCEEDED"), JobPhase.RUNNING, "WaitingForSubmitter"),
+        (rayjob("Running", "FAILED"), JobPhase.RUNNING, "WaitingForSubmitter"),
         (rayjob("Waiting"), JobPhase.PENDING, "RayJobWaiting"),
         (rayjob("Suspending"), JobPhase.SUSPENDED, "RayJobSuspending"),
         (rayjob("Suspended"), JobPhase.SUSPENDED, "RayJobSuspended"),
@@ -122,17 +125,21 @@ def test_phase_status_through_a_whole_run() -> None:
     assert "startTime" not in pending
 
     assert phase_reason(pending) == "RayJobCreated" and phase_reason({}) is None
+    assert pending["reason"] == "RayJobCreated"
     running = phase_status(phase_of(rayjob("Running", "RUNNING")), pending, T1, 1)
     assert phase_reason(running) == "TrainerRunning"
     assert running["startTime"] == "2025-03-01T12:05:00Z"
     changed = changed_fields(running, pending)
-    assert set(changed) == {"phase", "conditions", "startTime"}
+    # reason None: the merge patch deletes it (`kubectl get dj` shows none while Running).
+    assert changed["reason"] is None
+    assert set(changed) == {"phase", "reason", "conditions", "startTime"}
     flips = {c["type"]: c["lastTransitionTime"] for c in running["conditions"]}
     assert flips["Running"] == "2025-03-01T12:05:00Z"
     assert flips["Failed"] == "2025-03-01T12:00:00Z"
 
     done = phase_status(phase_of(rayjob("Complete", "SUCCEEDED")), running, T2, 1)
     assert done["completionTime"] == "2025-03-01T12:09:00Z"
+    assert done["reason"] == "TrainingSucceeded"
     assert "startTime" not in done  # already set: not part of the patch
     # The whole status validates against the API model (and so the CRD's schema).
     DistillJobStatus.model_validate({**running, **done})
@@ -142,6 +149,50 @@ def test_completion_time_is_kuberays_end_time_when_known() -> None:
     finished = rayjob("Complete", "SUCCEEDED", endTime="2025-03-01T11:58:00Z")
     status = phase_status(phase_of(finished), {}, T2, 1)
     assert status["completionTime"] == "2025-03-01T11:58:00Z"  # not T2, when it was noticed
+
+
+def test_start_time_is_kuberays_when_known() -> None:
+    started = rayjob("Running", "RUNNING", startTime="2025-03-01T11:50:00Z")
+    assert phase_status(phase_of(started), {}, T2, 1)["startTime"] == "2025-03-01T11:50:00Z"
+    # Already started (e.g. before a suspension): the first start is kept.
+    previous = {"startTime": "2025-03-01T11:00:00Z"}
+    assert "startTime" not in phase_status(phase_of(started), previous, T2, 1)
+
+
+def workload(*conditions: dict, cluster_queue: str | None = None) -> dict:
+    status: dict = {"conditions": list(conditions)}
+    if cluster_queue:
+        status["admission"] = {"clusterQueue": cluster_queue}
+    return {"status": status}
+
+
+def test_kueue_admission_message_from_the_workload_conditions() -> None:
+    assert admission_message({}) is None
+    # As Kueue's scheduler writes it when the ClusterQueue lacks quota.
+    waiting = workload(
+        {
+            "type": "QuotaReserved",
+            "status": "False",
+            "reason": "Pending",
+            "message": "couldn't assign flavors to pod set rollout: insufficient unused quota "
+            "for nvidia.com/gpu in flavor h100, 2 more needed",
+        }
+    )
+    assert admission_message(waiting) == (
+        "WaitingForQuota",
+        "couldn't assign flavors to pod set rollout: insufficient unused quota for "
+        "nvidia.com/gpu in flavor h100, 2 more needed",
+    )
+    admitted = workload(
+        {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": ""},
+        {"type": "Admitted", "status": "True", "reason": "Admitted", "message": ""},
+        cluster_queue="gpu-cq",
+    )
+    assert admission_message(admitted) == ("Admitted", "admitted by ClusterQueue gpu-cq")
+    evicted = workload(
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "by a job"}
+    )
+    assert admission_message(evicted) == ("Evicted", "evicted (Preempted): by a job")
 
 
 def test_same_rayjob_status_twice_is_no_patch() -> None:

@@ -64,3 +64,19 @@ app.kubernetes.io/part-of: distill-operator
 {{- end }}
 {{- toYaml $rules }}
 {{- end }}
+
+{{/*
+Who may scrape the job pods' metrics ports: this operator's own pods (its progress timer), then
+jobPods.networkPolicy.metricsPeers. A YAML list (`fromYamlArray` it).
+*/}}
+{{- define "distill-operator.metricsPeers" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Release.Namespace }}
+  podSelector:
+    matchLabels:
+      {{- include "distill-operator.selectorLabels" . | nindent 6 }}
+{{- with .Values.jobPods.networkPolicy.metricsPeers }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -1,9 +1,10 @@
 """The math grader: a Deployment and a Service, both named `<job>-grader`.
 
 The trainer posts (response, answer) batches to it at DISTILL_GRADER_URL. Its replicas follow
-spec.grader.replicas while the job can still train, and drop to zero when the job is suspended or
-finished, so an idle grader holds no CPU. One port, `http`, serves grading, the probes
-(`/healthz` liveness, `/readyz` readiness: every grading worker is up) and `/metrics`.
+spec.grader.replicas while the job can still train, and drop to zero when the job is suspended,
+finished, or queued and not yet admitted by Kueue, so an idle grader holds no CPU. One port,
+`http`, serves grading, the probes (`/healthz` liveness, `/readyz` readiness: every grading
+worker is up) and `/metrics`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from distill_api import DistillJob, JobPhase
 from distill_operator.builders.labels import GRADER, common_labels, selector_labels
 from distill_operator.builders.meta import owned_object
 from distill_operator.builders.names import grader_name
+from distill_operator.builders.options import DEFAULT_OPTIONS, BuildOptions
 from distill_operator.builders.pods import (
+    apply_pod_settings,
     container_security_context,
     home_env,
     pod_security_context,
@@ -30,16 +33,35 @@ GRADER_PORT = 8000
 # distill_grader's GraderSettings.workers accepts 1..64 (a test keeps the two in step).
 MAX_GRADER_WORKERS = 64
 _FINISHED = {JobPhase.SUCCEEDED, JobPhase.FAILED}
+WAITING_FOR_ADMISSION = "WaitingForAdmission"  # status.reason of a queued job Kueue holds back
+INVALID_SPEC = "InvalidSpec"  # status.reason of a job failed by the operator's own validation
+
+
+def has_finished(job: DistillJob) -> bool:
+    """Its RayJob ran to an end (Succeeded or Failed). Not a spec that failed validation: once
+    fixed, that job has yet to run."""
+    status = job.status
+    return status is not None and status.phase in _FINISHED and status.reason != INVALID_SPEC
+
+
+def awaits_admission(job: DistillJob) -> bool:
+    """A queued job before Kueue admitted it (or after a preemption put it back in the queue).
+
+    Before any status, too: Kueue's webhook suspends a queued RayJob as it is created.
+    """
+    if not job.spec.queue_name:
+        return False
+    status = job.status
+    return status is None or status.phase is None or status.reason == WAITING_FOR_ADMISSION
 
 
 def grader_replicas(job: DistillJob) -> int:
-    """spec.grader.replicas, or 0 once nothing will be graded (suspended or finished).
-
-    A queued job keeps its grader: Kueue, not spec.suspend, decides when it runs.
-    """
-    finished = job.status is not None and job.status.phase in _FINISHED
+    """spec.grader.replicas, or 0 while nothing will be graded: suspended (spec.suspend, or
+    Kueue holding a queued job back) or finished. Kueue, not spec.suspend, decides for a queued
+    job."""
     suspended = job.spec.suspend and not job.spec.queue_name
-    return 0 if suspended or finished else job.spec.grader.replicas
+    idle = suspended or has_finished(job) or awaits_admission(job)
+    return 0 if idle else job.spec.grader.replicas
 
 
 def grader_workers(cpu: str) -> int:
@@ -79,21 +101,24 @@ def grader_container(job: DistillJob) -> dict[str, Any]:
     }
 
 
-def build_grader_deployment(job: DistillJob) -> dict[str, Any]:
+def build_grader_deployment(
+    job: DistillJob, options: BuildOptions = DEFAULT_OPTIONS
+) -> dict[str, Any]:
     name = job.metadata.name
     deployment = owned_object(job, "apps/v1", "Deployment", grader_name(name), GRADER)
+    template = {
+        "metadata": {"labels": common_labels(name, GRADER)},
+        "spec": {
+            "securityContext": pod_security_context(options),
+            "automountServiceAccountToken": False,
+            "containers": [grader_container(job)],
+            "volumes": writable_volumes(shared_memory=False),
+        },
+    }
     deployment["spec"] = {
         "replicas": grader_replicas(job),
         "selector": {"matchLabels": selector_labels(name, GRADER)},
-        "template": {
-            "metadata": {"labels": common_labels(name, GRADER)},
-            "spec": {
-                "securityContext": pod_security_context(),
-                "automountServiceAccountToken": False,
-                "containers": [grader_container(job)],
-                "volumes": writable_volumes(shared_memory=False),
-            },
-        },
+        "template": apply_pod_settings(job, template, job.spec.grader),
     }
     return deployment
 

@@ -11,12 +11,15 @@ JOB_LABEL = "distill.dev/job"
 COMPONENT_LABEL = "distill.dev/component"
 ROLE_LABEL = "distill.dev/role"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a WorkloadPriorityClass name
 
 TRAINER = "trainer"  # the Ray head pod, where the driver (the training loop) runs
 RAYJOB = "rayjob"  # the RayJob object itself; not "trainer", so no Service could select by it
 GRADER = "grader"
 RAY_WORKER = "ray-worker"
+SUBMITTER = "submitter"
 SPEC = "spec"
+NETWORK_POLICY = "network-policy"
 
 
 def selector_labels(job_name: str, component: str) -> dict[str, str]:

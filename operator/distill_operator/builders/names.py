@@ -49,5 +49,9 @@ def trainer_service_name(job_name: str) -> str:
     return dns1035_name(job_name, "trainer")
 
 
+def network_policy_name(job_name: str) -> str:
+    return dns1035_name(job_name, "ray")
+
+
 def grader_url(job_name: str, namespace: str, port: int) -> str:
     return f"http://{grader_name(job_name)}.{namespace}.svc:{port}"
