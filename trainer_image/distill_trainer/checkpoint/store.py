@@ -86,6 +86,8 @@ def open_store(uri: str, check: bool = True, **s3_options: Any) -> CheckpointSto
 
 
 def join_uri(uri: str, key: str) -> str:
+    if not uri:
+        return key
     return f"{uri.rstrip('/')}/{key}" if key else uri.rstrip("/")
 
 
@@ -206,7 +208,10 @@ class S3Store:
             # MinIO and most S3-compatible stores do not resolve bucket.host names.
             s3={"addressing_style": "path"} if self.endpoint else None,
         )
-        self.client = boto3.client("s3", endpoint_url=self.endpoint, config=config)
+        # A session of its own: credentials are read from the environment now, not cached from
+        # whatever the process-wide default session saw first.
+        session = boto3.session.Session()
+        self.client = session.client("s3", endpoint_url=self.endpoint, config=config)
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,
