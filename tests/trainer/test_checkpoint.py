@@ -93,6 +93,9 @@ def test_keep_prunes_only_this_jobs_committed_checkpoints(tmp_path: Path) -> Non
         checkpoints.begin(1)
     with pytest.raises(CheckpointError, match=r"^checkpoint\.keep must be ≥ 1"):
         JobCheckpoints(str(tmp_path), "job-a", MATH, keep=0)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CheckpointError, match=r"a-file/ckpt: cannot create the directory"):
+        JobCheckpoints(str(tmp_path / "a-file" / "ckpt"), "job-a", MATH, keep=1)
 
 
 def test_a_changed_math_field_is_refused_unless_forced(make_job, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from distill_api import DistillJob
 from distill_trainer.algorithm import apply_kl_to_advantages, compute_base_advantages, masked_mean
 from distill_trainer.batch import RolloutBatch, last_token_rewards
 from distill_trainer.checkpoint import CheckpointError
+from distill_trainer.checkpoint.manifest import step_dir
 from distill_trainer.checkpoint.state import (
     DRIVER_STATE,
     capture_rng,
@@ -182,15 +183,11 @@ def checkpoint(run: Run, step: int, epoch: int) -> dict[str, float]:
             "rollout": roles.rollout.sampling_state(),
         }
         data = to_bytes(state)
-        run.checkpoints.store.write_bytes(f"{uri_name(uri)}/{DRIVER_STATE}", data)
+        run.checkpoints.store.write_bytes(f"{step_dir(step)}/{DRIVER_STATE}", data)
         files[DRIVER_STATE] = len(data)
         trained = [name for name in ("actor", "critic") if getattr(roles, name) is not None]
         run.last_checkpoint = run.checkpoints.commit(step, epoch, files, trained).uri
     return {"training/last_checkpoint_step": float(step), **timer.metrics}
-
-
-def uri_name(uri: str) -> str:
-    return uri.rstrip("/").rpartition("/")[2]
 
 
 def resume(run: Run) -> None:
@@ -204,7 +201,7 @@ def resume(run: Run) -> None:
             raise CheckpointError(f"checkpoint {manifest.uri} has no critic to resume")
         roles.critic.load_checkpoint(manifest.uri)
     roles.rollout.load_weights(roles.actor.get_weights())
-    state = from_bytes(run.resume.store.read_bytes(f"{uri_name(manifest.uri)}/{DRIVER_STATE}"))
+    state = from_bytes(run.resume.store.read_bytes(f"{run.resume.name}/{DRIVER_STATE}"))
     restore_rng(state["rng"])
     roles.rollout.load_sampling_state(state["rollout"])
     log.info("resumed from %s: continuing at step %d", manifest.uri, manifest.step + 1)
@@ -261,12 +258,12 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
         "training/total_steps": float(run.total_steps),
         "training/final_model_saved": 0.0,
     }
-    if run.resume is not None:  # scrapers see the checkpoint a resumed run stands on
-        base["training/last_checkpoint_step"] = float(run.start_step)
-    elif run.val and options.val_before_train:
+    # A resumed run's first record says which checkpoint it stands on (scrapers, the operator).
+    resumed = {"training/last_checkpoint_step": float(run.start_step)} if run.resume else {}
+    if run.val and options.val_before_train and not run.resume:
         log_metrics({**base, "training/epoch": 0.0, **validate(run)}, 0)
     if run.start_step >= run.total_steps:  # finished before: only the export may be missing
-        log_metrics({**base, **export_final(run)}, run.start_step)
+        log_metrics({**base, **resumed, **export_final(run)}, run.start_step)
         return history
     batches = prompt_batches(run.train, training.batch_size, training.seed, run.start_step)
     for step in range(run.start_step + 1, run.total_steps + 1):
@@ -279,6 +276,7 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
         metrics.update(
             {
                 **base,
+                **resumed,
                 "training/step": float(step),
                 "training/epoch": float(epoch),
                 "timing_s/step": seconds,
@@ -293,4 +291,5 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
         if last:
             metrics.update(export_final(run))
         log_metrics(metrics, step)
+        resumed = {}
     return history

@@ -43,6 +43,11 @@ class ResumePoint:
     def uri(self) -> str:
         return self.manifest.uri
 
+    @property
+    def name(self) -> str:
+        """Its directory's name in `store` (global_step_<N>)."""
+        return split_uri(self.manifest.uri)[1]
+
 
 def read_manifest(store: CheckpointStore, name: str) -> Manifest | None:
     """The manifest of `name`, None when it has none; CorruptManifest when unreadable."""
@@ -119,7 +124,7 @@ class JobCheckpoints:
 
     def _explicit(self, uri: str) -> ResumePoint:
         parent, name = split_uri(uri)
-        store = open_store(parent)
+        store = open_store(parent, check=parent.startswith("s3://"))  # no mkdir for a read
         try:
             manifest = read_manifest(store, name)
         except CorruptManifest as err:

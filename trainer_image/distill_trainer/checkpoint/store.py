@@ -82,7 +82,15 @@ def open_store(uri: str, check: bool = True, **s3_options: Any) -> CheckpointSto
         raise CheckpointStoreError(
             f"checkpoint.uri: {uri!r}: only s3:// URIs and local or mounted paths are supported"
         )
-    return LocalStore(Path(uri.removeprefix("file://")))
+    store = LocalStore(Path(uri.removeprefix("file://")))
+    if check:
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointStoreError(
+                f"checkpoint.uri {uri}: cannot create the directory ({err.strerror})"
+            ) from None
+    return store
 
 
 def join_uri(uri: str, key: str) -> str:
