@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -82,6 +83,7 @@ def _final_weights(work: Path) -> dict[str, torch.Tensor]:
     return load_file(work / "ckpt" / "final" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_sigkill_then_restart_resumes_bit_exactly(
     student_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:
