@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from transformers import AutoModelForCausalLM
 
 from distill_api import load_job
 from distill_trainer.checkpoint import CheckpointError, JobCheckpoints, math_fields
-from distill_trainer.checkpoint.state import capture_rng, restore_rng
+from distill_trainer.checkpoint.state import capture_rng, load_weights, restore_rng, save_weights
 from distill_trainer.cli import main
 from distill_trainer.config import RunOptions
 from distill_trainer.driver import run_job
@@ -143,6 +145,18 @@ def test_prompt_order_resumes_at_any_batch() -> None:
     whole = ids(prompt_batches(prompts, 3, seed=5), 6)
     for skip in (1, 2, 3, 5):
         assert ids(prompt_batches(prompts, 3, seed=5, skip=skip), 6 - skip) == whole[skip:]
+
+
+def test_weights_keep_their_names_and_tied_tensors(student_dir: Path, tmp_path: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(student_dir)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    tied = ("lm_head.weight", "model.embed_tokens.weight")
+    assert state[tied[0]].data_ptr() == state[tied[1]].data_ptr()
+    save_weights(state, tmp_path / "w.safetensors")
+    loaded = load_weights(tmp_path / "w.safetensors")
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert loaded[tied[0]].data_ptr() == loaded[tied[1]].data_ptr()  # still one tensor
 
 
 def test_rng_states_round_trip() -> None:

@@ -1,9 +1,11 @@
 """What goes into a checkpoint besides the manifest, and how each part is written and read.
 
-    <checkpoint>/actor/     the student in Hugging Face format (config.json, model.safetensors,
-                            tokenizer files: loadable by transformers on its own) and
-                            trainer_state.pt (optimizer state, shuffling generator, update count,
-                            LR scheduler: everything `_Trainer.state_dict()` returns but weights)
+    <checkpoint>/actor/     model.safetensors: the full state dict under the module's own names
+                            (a tied weight stored once, its aliases in the file's metadata), with
+                            config.json and the tokenizer beside it, so a plain student loads
+                            with transformers on its own; and trainer_state.pt (optimizer state,
+                            shuffling generator, update count, LR scheduler, the process's torch
+                            RNG: everything `_Trainer.state_dict()` returns but the weights)
     <checkpoint>/critic/    the same for the critic (gae only), without a tokenizer
     <checkpoint>/driver_state.pt   step, epoch, data position, the driver's RNG states (python,
                             numpy, torch) and the rollout engine's sampling state
@@ -17,6 +19,7 @@ group of any size: every rank calls save and load (gathering is collective), ran
 from __future__ import annotations
 
 import io
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from distill_trainer.checkpoint.store import open_store, readable_dir, writable_dir
 
 TRAINER_STATE = "trainer_state.pt"
+WEIGHTS = "model.safetensors"
 DRIVER_STATE = "driver_state.pt"
 
 
@@ -64,41 +69,64 @@ def write_role_state(
         return {}
     store = open_store(uri, check=False)
     with writable_dir(store, role) as local:
-        save_pretrained(local, model, state["model"], tokenizer)
+        save_weights(state["model"], local / WEIGHTS)
+        model.config.save_pretrained(local)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(local)
         torch.save({k: v for k, v in state.items() if k != "model"}, local / TRAINER_STATE)
         return file_sizes(local, role)
 
 
-def read_role_state(uri: str, role: str, model: Any) -> dict[str, Any]:
+def read_role_state(uri: str, role: str) -> dict[str, Any]:
     """What `write_role_state` wrote, as one state dict for `_Trainer.load_state_dict`."""
     store = open_store(uri, check=False)
     with readable_dir(store, role) as local:
-        weights: dict[str, torch.Tensor] = {}
-        for path in sorted(local.glob("*.safetensors")):
-            weights.update(load_file(path))
+        weights = load_weights(local / WEIGHTS)
         rest = torch.load(local / TRAINER_STATE, weights_only=True)
-    # save_pretrained stores a tied weight (lm_head = embed_tokens) once; the module has both.
-    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
-        if target not in weights and source in weights:
-            weights[target] = weights[source]
     return {"model": weights, **rest}
 
 
-def save_pretrained(local: Path, model: Any, model_state: dict[str, Any], tokenizer: Any) -> None:
-    """Hugging Face format (safetensors) from a full state dict, so it works for FSDP too."""
-    model.save_pretrained(local, state_dict=model_state)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(local)
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A full state dict as safetensors, keys unchanged (any module: plain, peft, FSDP-gathered).
+
+    safetensors refuses tensors sharing memory; a tied weight (lm_head = embed_tokens) is
+    stored once under its first name and the others recorded as aliases in the metadata."""
+    first: dict[tuple[Any, ...], str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        if view in first:
+            aliases[name] = first[view]
+            continue
+        first[view] = name
+        pointer = tensor.untyped_storage().data_ptr()
+        # A different view of storage already kept: give it storage of its own.
+        tensors[name] = tensor.clone() if pointer in storages else tensor.contiguous()
+        storages.add(pointer)
+    save_file(tensors, path, metadata={"format": "pt", "aliases": json.dumps(aliases)})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(path, framework="pt") as file:
+        aliases = json.loads((file.metadata() or {}).get("aliases", "{}"))
+    weights = load_file(path)
+    for name, source in aliases.items():
+        weights[name] = weights[source]
+    return weights
 
 
 def export_pretrained(uri: str, model: Any, model_state: dict[str, Any], tokenizer: Any) -> None:
-    """Replace whatever is at `uri` with the model in Hugging Face format (rank 0 writes)."""
+    """Replace whatever is at `uri` with the model in Hugging Face format, from a full state
+    dict so that it works for FSDP too (rank 0 writes)."""
     if not is_writer():
         return
     store = open_store(uri, check=False)
     store.delete("")
     with writable_dir(store, "") as local:
-        save_pretrained(local, model, model_state, tokenizer)
+        model.save_pretrained(local, state_dict=model_state)
+        tokenizer.save_pretrained(local)
 
 
 def capture_torch_rng() -> dict[str, Any]:

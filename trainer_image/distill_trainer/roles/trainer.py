@@ -35,7 +35,13 @@ from distill_trainer.algorithm import (
     value_loss,
 )
 from distill_trainer.batch import RolloutBatch
-from distill_trainer.checkpoint.state import export_pretrained, read_role_state, write_role_state
+from distill_trainer.checkpoint.state import (
+    capture_torch_rng,
+    export_pretrained,
+    read_role_state,
+    restore_torch_rng,
+    write_role_state,
+)
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.models import (
@@ -162,14 +168,15 @@ class _Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next update depends on: weights, optimizer moments, the shuffling
-        generator and the update count (an LR scheduler belongs here too). Collective under
-        FSDP: every rank calls it."""
+        generator, the update count, this process's torch RNG (dropout, when on; an LR scheduler
+        belongs here too). Collective under FSDP: every rank calls it."""
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=FULL_STATE)
         return {
             "model": model_state,
             "optimizer": optim_state,
             "generator": self.generator.get_state(),
             "updates": self.updates,
+            "rng": capture_torch_rng(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,6 +190,7 @@ class _Trainer:
         )
         self.generator.set_state(state["generator"])
         self.updates = int(state["updates"])
+        restore_torch_rng(state["rng"])
 
 
 class HFActor:
@@ -249,7 +257,7 @@ class HFActor:
         return write_role_state(uri, "actor", self.model, state, self.tokenizer)
 
     def load_checkpoint(self, uri: str) -> None:
-        self.trainer.load_state_dict(read_role_state(uri, "actor", self.model))
+        self.trainer.load_state_dict(read_role_state(uri, "actor"))
 
     def export_model(self, uri: str) -> None:
         """The student in Hugging Face format (save_pretrained + tokenizer) at `uri`."""
@@ -309,4 +317,4 @@ class HFCritic:
         return write_role_state(uri, "critic", self.model, self.trainer.state_dict())
 
     def load_checkpoint(self, uri: str) -> None:
-        self.trainer.load_state_dict(read_role_state(uri, "critic", self.model))
+        self.trainer.load_state_dict(read_role_state(uri, "critic"))
