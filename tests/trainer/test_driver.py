@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from distill_trainer.checkpoint import list_checkpoints
+from distill_trainer.checkpoint import open_store
 from distill_trainer.config import RunOptions
 from distill_trainer.driver import run_job
 from distill_trainer.setup import JobInputError
@@ -23,9 +23,8 @@ def test_run_writes_metrics_checkpoints_and_summary(make_job, tmp_path: Path, ca
         training={"totalSteps": 3, "testFreq": 2, "saveFreq": 1},
         checkpoint={"uri": str(tmp_path / "ckpt"), "keep": 2},
     )
-    (tmp_path / "ckpt" / "global_step_10").mkdir(parents=True)  # an earlier run's, kept
+    (tmp_path / "ckpt" / "global_step_10").mkdir(parents=True)  # no manifest: not ours, kept
     summary = run_job(job, _options(tmp_path))
-    assert "already holds 1 checkpoints of an earlier run (steps [10])" in caplog.text
     assert summary.steps == summary.total_steps == 3
     assert summary.roles == ["rollout", "actor", "teacher"]
     # Validation before training, every testFreq steps, and after the last step.
@@ -33,13 +32,18 @@ def test_run_writes_metrics_checkpoints_and_summary(make_job, tmp_path: Path, ca
     lines = [json.loads(line) for line in summary.metrics_path.read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2, 3]
     assert lines[1]["training/step"] == 1 and "training_step_reward" in lines[1]
-    # Checkpoints go to a local checkpoint.uri; only the `keep` newest of this run survive.
-    assert [step for step, _ in list_checkpoints(tmp_path / "ckpt")] == [2, 3, 10]
-    assert summary.last_checkpoint == tmp_path / "ckpt" / "global_step_3"
-    state = json.loads((summary.last_checkpoint / "trainer_state.json").read_text())
-    assert state["step"] == 3
-    AutoModelForCausalLM.from_pretrained(summary.last_checkpoint)
-    AutoTokenizer.from_pretrained(summary.last_checkpoint)
+    # Checkpoints go to a local checkpoint.uri; only the `keep` newest of this job survive.
+    store = open_store(str(tmp_path / "ckpt"))
+    assert store.list_dirs() == ["final", "global_step_10", "global_step_2", "global_step_3"]
+    assert summary.last_checkpoint == str(tmp_path / "ckpt" / "global_step_3")
+    manifest = json.loads((tmp_path / "ckpt" / "global_step_3" / "manifest.json").read_text())
+    assert manifest["step"] == 3 and manifest["job"] == "tiny-job"
+    # The student of a checkpoint and the final export load with transformers alone.
+    for path in (tmp_path / "ckpt" / "global_step_3" / "actor", tmp_path / "ckpt" / "final"):
+        AutoModelForCausalLM.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    assert summary.final_model == str(tmp_path / "ckpt" / "final")
+    assert summary.history[-1]["training/final_model_saved"] == 1.0
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["steps"] == 3 and saved["val_rewards"]["3"] == summary.val_rewards[3]
 

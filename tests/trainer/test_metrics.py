@@ -34,6 +34,7 @@ DOCUMENTED = {
     "response_length_clip_ratio",
     "throughput_tokens_per_second",
     "training_last_checkpoint_step",
+    "training_final_model_saved",
 }
 PHASES = {
     "generate",

@@ -3,7 +3,7 @@
 Two runs, both slow (Ray start-up and worker imports dominate): the default local Ray that the
 trainer starts itself, and a Ray that looks like the KubeRay cluster (custom resources named after
 the roles), where replicas ask for their role's resource, the rollout engine and the teacher run as
-two replicas each, and the actor checkpoints on a disk the driver does not see.
+two replicas each, and the actor writes its part of a checkpoint from its own process.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def test_local_ray_runs_full_steps(make_job, teacher_dir: Path, tmp_path: Path) 
     step = summary.history[-1]
     assert step["distill/kl_per_token"] > 0  # a different teacher, scored in its own actor
     assert step["actor/grad_norm"] > 0 and "timing_s/weight_sync" in step
-    # The checkpoint was written by the actor process, on this machine's disk.
-    assert (tmp_path / "checkpoints" / "global_step_2" / "config.json").is_file()
+    # The actor process wrote its part, the driver committed it, the final export is there.
+    assert (tmp_path / "checkpoints" / "global_step_2" / "actor" / "config.json").is_file()
+    assert (tmp_path / "checkpoints" / "global_step_2" / "manifest.json").is_file()
+    assert (tmp_path / "checkpoints" / "final" / "model.safetensors").is_file()
     assert sorted(summary.val_rewards) == [0, 2]
 
 
@@ -53,8 +55,8 @@ def _wait_for(condition, timeout_s: float = 30.0) -> bool:
 def test_cluster_resources_and_sharded_teacher(
     make_job, teacher_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    # Ray workers keep the directory the driver had at ray.init: a relative checkpoint.uri then
-    # names different places for the driver and the actor, like two pods' disks on a cluster.
+    # Ray workers keep the directory the driver had at ray.init, the driver then moves: the
+    # relative checkpoint.uri, resolved once at set-up, still names one place for both.
     (tmp_path / "actor-pod").mkdir()
     (tmp_path / "head-pod").mkdir()
     monkeypatch.chdir(tmp_path / "actor-pod")
@@ -93,14 +95,16 @@ def test_cluster_resources_and_sharded_teacher(
         assert _wait_for(lambda: ray.available_resources().get("teacher") == 2.0)
     finally:
         ray.shutdown()
-    # The actor saved, wrote trainer_state.json and pruned on its own disk; the driver wrote
-    # nothing and only recorded the path.
-    assert run.last_checkpoint == Path("ckpt/global_step_2")
+    # The actor wrote its part, the driver its state and the manifest, and pruned step 1.
     actor_disk = tmp_path / "actor-pod" / "ckpt"
+    assert run.last_checkpoint == str(actor_disk / "global_step_2")
     assert [p.name for p in actor_disk.iterdir()] == ["global_step_2"]
-    assert {"config.json", "trainer_state.json"} <= {
-        p.name for p in (actor_disk / "global_step_2").iterdir()
+    assert {p.name for p in (actor_disk / "global_step_2").iterdir()} == {
+        "actor",
+        "driver_state.pt",
+        "manifest.json",
     }
+    assert (actor_disk / "global_step_2" / "actor" / "config.json").is_file()
     assert not (tmp_path / "head-pod" / "ckpt").exists()
     # The two shards together equal one teacher scoring the whole batch.
     cfg = RoleConfig(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 
 from distill_api import load_job
 from distill_trainer.batch import RolloutBatch
-from distill_trainer.checkpoint import CheckpointWriter, checkpoint_root, list_checkpoints
+from distill_trainer.checkpoint import checkpoint_uri
 from distill_trainer.config import RoleConfig
 from distill_trainer.data import PromptRecord, make_row, write_rows
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, prompt_batches
@@ -65,7 +64,7 @@ def test_prompts_over_max_prompt_length_are_skipped_and_counted(
     )
 
 
-def test_checkpoint_root(tmp_path: Path) -> None:
+def test_checkpoint_uri(tmp_path: Path, monkeypatch) -> None:
     def spec(checkpoint):
         document = {
             "metadata": {"name": "j"},
@@ -74,37 +73,12 @@ def test_checkpoint_root(tmp_path: Path) -> None:
         return load_job(document).spec
 
     out = tmp_path / "out"
-    assert checkpoint_root(spec({}), out) == out / "checkpoints"
-    assert checkpoint_root(spec({"checkpoint": {"uri": "/ckpt/a"}}), out) == Path("/ckpt/a")
-    assert checkpoint_root(spec({"checkpoint": {"uri": "file:///ckpt/b"}}), out) == Path("/ckpt/b")
-    assert checkpoint_root(spec({"checkpoint": {"uri": "s3://b/p"}}), out) == out / "checkpoints"
-
-
-def _write_weights(path: str) -> None:
-    (Path(path) / "weights").write_text("w")
-
-
-def test_pruning_spares_the_new_checkpoint_and_an_earlier_runs(tmp_path: Path, caplog) -> None:
-    """An earlier run left global_step_10; with keep=1, saving step 3 must keep step 3."""
-    for step in (10, 4):
-        (tmp_path / f"global_step_{step}").mkdir()
-    (tmp_path / "global_step_4" / "stale-shard").write_text("old")
-    (tmp_path / "global_step_x").mkdir()
-    writer = CheckpointWriter(tmp_path, keep=1)
-    assert "already holds 2 checkpoints of an earlier run (steps [4, 10])" in caplog.text
-    first = writer.save(3, _write_weights, {"epoch": 0})
-    assert first == tmp_path / "global_step_3" and (first / "weights").is_file()
-    assert json.loads((first / "trainer_state.json").read_text()) == {"step": 3, "epoch": 0}
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [3, 4, 10]
-    # Saving over an earlier run's step replaces that directory rather than mixing files.
-    assert writer.save(4, _write_weights, {}) == tmp_path / "global_step_4"
-    assert not (tmp_path / "global_step_4" / "stale-shard").exists()
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 10]  # our step 3 pruned
-    writer.save(5, _write_weights, {})
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [5, 10]
-    assert (tmp_path / "global_step_x").is_dir()  # not a checkpoint: left alone
-    with pytest.raises(ValueError, match=r"^checkpoint\.keep must be"):
-        CheckpointWriter(tmp_path, keep=0)
+    assert checkpoint_uri(spec({}), out) == str(out / "checkpoints")
+    assert checkpoint_uri(spec({"checkpoint": {"uri": "/ckpt/a"}}), out) == "/ckpt/a"
+    assert checkpoint_uri(spec({"checkpoint": {"uri": "file:///ckpt/b"}}), out) == "/ckpt/b"
+    assert checkpoint_uri(spec({"checkpoint": {"uri": "s3://b/p/"}}), out) == "s3://b/p"
+    monkeypatch.chdir(tmp_path)  # relative paths become absolute: Ray workers agree on them
+    assert checkpoint_uri(spec({"checkpoint": {"uri": "rel"}}), out) == str(tmp_path / "rel")
 
 
 def _batch(rows: int) -> RolloutBatch:

@@ -2,12 +2,16 @@
 
     python -m distill_trainer run job.yaml [--set training.batchSize=8 ...]
         [--backend inprocess|ray] [--device auto|cpu|cuda] [--metrics-port 9400]
-        [--output-dir out/run]
+        [--output-dir out/run] [--resume-from URI] [--force-resume]
 
 The file is the same DistillJob YAML a user would `kubectl apply` (JSON works too). `--set` paths
 are camelCase, relative to `spec` unless they start with spec/metadata/apiVersion/kind; values are
 parsed as YAML scalars. Overrides are applied before validation, so a bad value is reported like a
 bad field in the file: one line per error naming the field, exit code 2.
+
+A run continues from the job's newest committed checkpoint under its checkpoint URI when there is
+one; `--resume-from` names a checkpoint (`<uri>/global_step_<N>`) instead, and `--force-resume`
+resumes one whose math-changing spec fields differ (refused otherwise). See docs/checkpoints.md.
 """
 
 from __future__ import annotations
@@ -115,6 +119,18 @@ def _parser() -> argparse.ArgumentParser:
         "--max-val-prompts", type=int, default=None, help="validate on the first N prompts only"
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--resume-from",
+        metavar="URI",
+        default=None,
+        help="continue from this checkpoint (s3://bucket/prefix/global_step_N or a path); "
+        "default: the job's newest committed checkpoint, if any",
+    )
+    run.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume even if the checkpoint's math-changing spec fields differ",
+    )
     return parser
 
 
@@ -134,17 +150,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             micro_batch_size=args.micro_batch_size,
             max_val_prompts=args.max_val_prompts,
             progress=not args.no_progress,
+            resume_from=args.resume_from,
+            force_resume=args.force_resume,
         )
     except InputError as err:
         return _fail(f"invalid DistillJob {args.job}", err.lines)
     except ValidationError as err:
         return _fail("invalid options", validation_lines(err))
+    from distill_trainer.checkpoint import CheckpointError
     from distill_trainer.driver import run_job  # heavy imports (torch, transformers) after checks
     from distill_trainer.setup import JobInputError
 
     try:
         summary = run_job(job, options)
-    except JobInputError as err:
+    except (JobInputError, CheckpointError) as err:
         return _fail(f"cannot run {job.metadata.name}", [str(err)])
     val = ", ".join(f"step {step}: {reward:.3f}" for step, reward in summary.val_rewards.items())
     print(

@@ -42,6 +42,19 @@ class RunOptions(BaseModel):
     max_val_prompts: int | None = Field(None, ge=1, description="Cap on validation prompts.")
     progress: bool = Field(True, description="Show a progress bar on the console.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default all).")
+    resume_from: str | None = Field(
+        None, description="Checkpoint URI to continue from (default: the job's newest)."
+    )
+    force_resume: bool = Field(False, description="Resume even if math-changing fields differ.")
+
+    def math_options(self) -> dict[str, object]:
+        """The options that enter the loss (hashed into checkpoints with the spec's fields)."""
+        return {
+            "gradClip": self.grad_clip,
+            "valueClip": self.value_clip,
+            "clipRatioC": self.clip_ratio_c,
+            "lossAgg": self.loss_agg.value,
+        }
 
 
 @dataclass(frozen=True)

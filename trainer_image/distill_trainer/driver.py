@@ -6,7 +6,10 @@ One step (`train_step`): sample responses → grade → student logprobs → tea
 when useKlInAdvantage) → critic values (gae) → base advantage by name → teacher KL subtracted
 after normalisation → PPO update → critic update → weights to the rollout engine. Around it
 (`run_job`): validation every testFreq steps, a checkpoint every saveFreq steps, metrics every
-step. The CLI (`python -m distill_trainer run job.yaml`) is in cli.py.
+step, and the trained student exported to `<checkpoint uri>/final/` after the last step. A run
+whose job has a committed checkpoint (or is given --resume-from) continues from it exactly: same
+weights, optimizer, data position and RNG states, so it computes what the interrupted run would
+have. The CLI (`python -m distill_trainer run job.yaml`) is in cli.py.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ import torch
 from distill_api import DistillJob
 from distill_trainer.algorithm import apply_kl_to_advantages, compute_base_advantages, masked_mean
 from distill_trainer.batch import RolloutBatch, last_token_rewards
-from distill_trainer.checkpoint import DEFAULT_KEEP
+from distill_trainer.checkpoint import CheckpointError
+from distill_trainer.checkpoint.manifest import step_dir
+from distill_trainer.checkpoint.state import (
+    DRIVER_STATE,
+    capture_rng,
+    from_bytes,
+    restore_rng,
+    to_bytes,
+)
 from distill_trainer.config import RunOptions
 from distill_trainer.prompts import EncodedPrompt, prompt_batches
 from distill_trainer.roles import SamplingParams
@@ -48,7 +59,8 @@ class RunSummary:
     history: list[dict[str, float]] = field(repr=False)  # every logged metrics dict, in order
     output_dir: Path
     metrics_path: Path
-    last_checkpoint: Path | None  # as the actor wrote it (on a cluster: the actor pod's disk)
+    last_checkpoint: str | None  # URI of the newest committed checkpoint
+    final_model: str | None  # URI of the exported student (Hugging Face format)
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -155,17 +167,52 @@ def validate(run: Run) -> dict[str, float]:
 
 
 def checkpoint(run: Run, step: int, epoch: int) -> dict[str, float]:
-    """Have the actor save the student and prune old checkpoints; record where it saved.
-
-    The driver touches no file here: on a cluster the actor's pod holds the checkpoint root."""
-    timer = PhaseTimer()
-    keep = run.spec.checkpoint.keep if run.spec.checkpoint else DEFAULT_KEEP
-    state = {"epoch": epoch, "job": run.job_name}
+    """`global_step_<step>/`: each trainable role writes its part where it runs, the driver adds
+    its own state, then commits with the manifest (last) and prunes older checkpoints."""
+    timer, roles = PhaseTimer(), run.roles
     with timer("checkpoint"):
-        run.last_checkpoint = run.roles.actor.save_checkpoint(
-            run.checkpoint_root, step, keep, state
-        )
+        uri = run.checkpoints.begin(step)
+        files = roles.actor.save_checkpoint(uri)
+        if roles.critic is not None:
+            files.update(roles.critic.save_checkpoint(uri))
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "batches": step,  # prompt batches consumed: one per step
+            "rng": capture_rng(),
+            "rollout": roles.rollout.sampling_state(),
+        }
+        data = to_bytes(state)
+        run.checkpoints.store.write_bytes(f"{step_dir(step)}/{DRIVER_STATE}", data)
+        files[DRIVER_STATE] = len(data)
+        trained = [name for name in ("actor", "critic") if getattr(roles, name) is not None]
+        run.last_checkpoint = run.checkpoints.commit(step, epoch, files, trained).uri
     return {"training/last_checkpoint_step": float(step), **timer.metrics}
+
+
+def resume(run: Run) -> None:
+    """Load `run.resume` into every role and this process, and sync the rollout engine, so the
+    next step is the one the interrupted run would have taken."""
+    assert run.resume is not None
+    manifest, roles = run.resume.manifest, run.roles
+    roles.actor.load_checkpoint(manifest.uri)
+    if roles.critic is not None:
+        if "critic" not in manifest.roles:
+            raise CheckpointError(f"checkpoint {manifest.uri} has no critic to resume")
+        roles.critic.load_checkpoint(manifest.uri)
+    roles.rollout.load_weights(roles.actor.get_weights())
+    state = from_bytes(run.resume.store.read_bytes(f"{run.resume.name}/{DRIVER_STATE}"))
+    restore_rng(state["rng"])
+    roles.rollout.load_sampling_state(state["rollout"])
+    log.info("resumed from %s: continuing at step %d", manifest.uri, manifest.step + 1)
+
+
+def export_final(run: Run) -> dict[str, float]:
+    """The trained student, Hugging Face format with its tokenizer, at `<uri>/final/`."""
+    run.roles.actor.export_model(run.checkpoints.final_uri)
+    log.info("final model saved to %s", run.checkpoints.final_uri)
+    run.final_model = run.checkpoints.final_uri
+    return {"training/final_model_saved": 1.0}
 
 
 def run_job(job: DistillJob, options: RunOptions | None = None) -> RunSummary:
@@ -174,6 +221,8 @@ def run_job(job: DistillJob, options: RunOptions | None = None) -> RunSummary:
     started = time.monotonic()
     run = setup_run(job, options)
     try:
+        if run.resume is not None:
+            resume(run)
         history = _train(run, options)
     finally:
         run.close()
@@ -191,6 +240,7 @@ def run_job(job: DistillJob, options: RunOptions | None = None) -> RunSummary:
         output_dir=options.output_dir,
         metrics_path=run.sink.path,
         last_checkpoint=run.last_checkpoint,
+        final_model=run.final_model,
     )
     (options.output_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
     return summary
@@ -203,11 +253,20 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
         history.append(metrics)
         run.sink.log(metrics, step)
 
-    base = {"training/step": 0.0, "training/total_steps": float(run.total_steps)}
-    if run.val and options.val_before_train:
+    base = {
+        "training/step": float(run.start_step),
+        "training/total_steps": float(run.total_steps),
+        "training/final_model_saved": 0.0,
+    }
+    # A resumed run's first record says which checkpoint it stands on (scrapers, the operator).
+    resumed = {"training/last_checkpoint_step": float(run.start_step)} if run.resume else {}
+    if run.val and options.val_before_train and not run.resume:
         log_metrics({**base, "training/epoch": 0.0, **validate(run)}, 0)
-    batches = prompt_batches(run.train, training.batch_size, training.seed)
-    for step in range(1, run.total_steps + 1):
+    if run.start_step >= run.total_steps:  # finished before: only the export may be missing
+        log_metrics({**base, **resumed, **export_final(run)}, run.start_step)
+        return history
+    batches = prompt_batches(run.train, training.batch_size, training.seed, run.start_step)
+    for step in range(run.start_step + 1, run.total_steps + 1):
         epoch, prompts = next(batches)
         started = time.perf_counter()
         metrics, _ = train_step(run, prompts)
@@ -217,6 +276,7 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
         metrics.update(
             {
                 **base,
+                **resumed,
                 "training/step": float(step),
                 "training/epoch": float(epoch),
                 "timing_s/step": seconds,
@@ -228,5 +288,8 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
             metrics.update(validate(run))
         if step % training.save_freq == 0 or last:
             metrics.update(checkpoint(run, step, epoch))
+        if last:
+            metrics.update(export_final(run))
         log_metrics(metrics, step)
+        resumed = {}
     return history

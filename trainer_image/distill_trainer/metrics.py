@@ -47,6 +47,7 @@ GAUGES: dict[str, str] = {
     "response_length/clip_ratio": "Fraction of responses cut at maxResponseLength.",
     "throughput/tokens_per_second": "Prompt and response tokens processed per second of step.",
     "training/last_checkpoint_step": "Step of the newest checkpoint.",
+    "training/final_model_saved": "1 once the trained student is exported to <uri>/final/.",
 }
 TIMING_PREFIX = "timing_s/"
 TIMING_PHASES = (

@@ -3,6 +3,7 @@
 Prompts are rendered with the student's chat template once, at start-up; those longer than
 `rollout.maxPromptLength` tokens are skipped (setup.load_prompts logs how many). Each epoch
 visits every prompt once in a seeded shuffle; the last incomplete batch of an epoch is skipped.
+The order is a pure function of (seed, batch index), so a resumed run picks it up at any batch.
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ def steps_per_epoch(num_prompts: int, batch_size: int) -> int:
 
 
 def prompt_batches(
-    prompts: Sequence[EncodedPrompt], batch_size: int, seed: int
+    prompts: Sequence[EncodedPrompt], batch_size: int, seed: int, skip: int = 0
 ) -> Iterator[tuple[int, list[EncodedPrompt]]]:
-    """(epoch, batch) forever: a fresh seeded shuffle per epoch, full batches only."""
-    epoch = 0
+    """(epoch, batch) forever: a fresh seeded shuffle per epoch, full batches only, starting
+    after the first `skip` batches (the ones a resumed run has already trained on)."""
+    per_epoch = steps_per_epoch(len(prompts), batch_size)
+    epoch, first = divmod(skip, per_epoch)
     while True:
         order = list(range(len(prompts)))
         random.Random(seed + epoch).shuffle(order)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
+        for index in range(first, per_epoch):
+            start = index * batch_size
             yield epoch, [prompts[i] for i in order[start : start + batch_size]]
-        epoch += 1
+        epoch, first = epoch + 1, 0

@@ -11,7 +11,6 @@ import logging
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, PreTrainedTokenizerBase
@@ -20,7 +19,13 @@ from distill_api import DistillJob, DistillJobSpec
 from distill_grader.client import GRADER_URL_ENV, Grader, make_grader
 from distill_grader.schema import GradeRequestItem
 from distill_trainer.batch import RolloutBatch
-from distill_trainer.checkpoint import checkpoint_root
+from distill_trainer.checkpoint import (
+    DEFAULT_KEEP,
+    JobCheckpoints,
+    ResumePoint,
+    checkpoint_uri,
+    math_fields,
+)
 from distill_trainer.config import RunOptions, role_configs
 from distill_trainer.data import read_dataset
 from distill_trainer.metrics import MetricsSink
@@ -49,9 +54,16 @@ class Run:
     grader: Grader
     roles: Roles
     sink: MetricsSink
-    checkpoint_root: Path
+    checkpoints: JobCheckpoints
     closers: ExitStack = field(repr=False)
-    last_checkpoint: Path | None = None
+    resume: ResumePoint | None = None  # the checkpoint this run continues from
+    last_checkpoint: str | None = None  # URI of the newest committed checkpoint
+    final_model: str | None = None  # URI of the exported student, once written
+
+    @property
+    def start_step(self) -> int:
+        """Steps already trained (0 for a fresh run)."""
+        return self.resume.manifest.step if self.resume else 0
 
     def grade(self, batch: RolloutBatch, prompts: list[EncodedPrompt]) -> torch.Tensor:
         """[N] scores of the batch's responses; row i answers prompt i // (N / len(prompts)),
@@ -186,6 +198,8 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
     val = load_prompts("data.val", spec.data.val, tokenizer, max_prompt) if spec.data.val else []
     val = val[: options.max_val_prompts] if options.max_val_prompts else val
     total_steps = count_steps(spec, len(train))
+    # Before any model loads: a bad bucket or a refused checkpoint fails the job in seconds.
+    checkpoints, resume = open_checkpoints(job, options)
     closers = ExitStack()
     try:
         sink, grader, roles = _start(job, options, tokenizer.pad_token_id, total_steps, closers)
@@ -216,9 +230,34 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
         grader=grader,
         roles=roles,
         sink=sink,
-        checkpoint_root=checkpoint_root(spec, options.output_dir),
+        checkpoints=checkpoints,
         closers=closers,
+        resume=resume,
+        last_checkpoint=resume.uri if resume else None,
     )
+
+
+def open_checkpoints(
+    job: DistillJob, options: RunOptions
+) -> tuple[JobCheckpoints, ResumePoint | None]:
+    """The job's checkpoint store and the checkpoint to resume from: --resume-from, else the
+    job's newest committed one (none: a fresh start)."""
+    spec = job.spec
+    keep = spec.checkpoint.keep if spec.checkpoint else DEFAULT_KEEP
+    math = math_fields(spec, options.math_options())
+    checkpoints = JobCheckpoints(
+        checkpoint_uri(spec, options.output_dir), job.metadata.name, math, keep
+    )
+    resume = checkpoints.resume_point(options.resume_from, options.force_resume)
+    if resume is not None:
+        log.info("resuming %s from %s", job.metadata.name, resume.uri)
+    elif spec.checkpoint is None:
+        log.info(
+            "no spec.checkpoint: checkpoints and the final model go to %s, which does not "
+            "outlive this pod",
+            checkpoints.uri,
+        )
+    return checkpoints, resume
 
 
 def _start(

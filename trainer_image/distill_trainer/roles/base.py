@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -128,6 +127,12 @@ class RolloutEngine(Protocol):
     def load_weights(self, weights: Weights) -> None:
         """Take the actor's weights (what `Actor.get_weights` returned)."""
 
+    def sampling_state(self) -> dict[str, Any]:
+        """What the next samples depend on besides the weights (RNG states, seed counters), so
+        a resumed run samples the responses the interrupted one would have."""
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None: ...
+
 
 class Actor(Protocol):
     def compute_logprobs(
@@ -140,9 +145,16 @@ class Actor(Protocol):
     def get_weights(self) -> Weights:
         """The current weights, full (gathered from shards where sharded), in buckets."""
 
-    def save_checkpoint(self, root: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
-        """Write `<root>/global_step_<step>/` (student, tokenizer, trainer_state.json with `state`)
-        and delete this run's older checkpoints but the `keep` newest, where the actor runs."""
+    def save_checkpoint(self, uri: str) -> dict[str, int]:
+        """Write `<uri>/actor/`: the student (Hugging Face format), tokenizer, optimizer and
+        trainer state; returns the files written (path under `uri` → bytes). Every rank of a
+        sharded group calls it; rank 0 writes. The driver commits the checkpoint afterwards."""
+
+    def load_checkpoint(self, uri: str) -> None:
+        """Continue from what `save_checkpoint(uri)` wrote (weights, optimizer, trainer state)."""
+
+    def export_model(self, uri: str) -> None:
+        """The student in Hugging Face format (save_pretrained + tokenizer) at `uri`."""
 
 
 class Teacher(Protocol):
@@ -154,3 +166,8 @@ class Critic(Protocol):
     def compute_values(self, batch: RolloutBatch) -> Tensor: ...
 
     def update(self, batch: RolloutBatch) -> dict[str, float]: ...
+
+    def save_checkpoint(self, uri: str) -> dict[str, int]:
+        """Write `<uri>/critic/` like `Actor.save_checkpoint`."""
+
+    def load_checkpoint(self, uri: str) -> None: ...

@@ -9,7 +9,7 @@
 - by reference (`get_weights`): returns the Ray ObjectRef, which a later broadcast passes on
   from object store to workers without a round trip through the driver;
 - anything else runs on replica 0 (the trainable roles have one replica until FSDP lands),
-  e.g. `save_checkpoint`, which saves, writes trainer_state.json and prunes on that replica's pod.
+  e.g. `save_checkpoint`, which writes the role's part of a checkpoint from that replica's pod.
 
 Replica r gets the role's config with seed + r, so sampling replicas draw different streams.
 

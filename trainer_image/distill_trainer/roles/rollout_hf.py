@@ -8,6 +8,7 @@ The vLLM engine (roles/rollout_vllm.py) implements the same `RolloutEngine` inte
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from distill_trainer.checkpoint.state import capture_torch_rng, restore_torch_rng
 from distill_trainer.config import RolloutConfig
 from distill_trainer.roles.base import Rollouts, SamplingParams, Weights
 from distill_trainer.roles.models import (
@@ -162,3 +164,10 @@ class HFRolloutEngine:
     def load_weights(self, weights: Weights) -> None:
         self.model.load_state_dict(dict(weights.items()))
         self.weight_version = weights.version
+
+    def sampling_state(self) -> dict[str, Any]:
+        """`generate` samples from this process's global torch generators."""
+        return capture_torch_rng()
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        restore_torch_rng(state)

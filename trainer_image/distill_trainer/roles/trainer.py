@@ -14,11 +14,16 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from distill_trainer.algorithm import (
@@ -30,7 +35,13 @@ from distill_trainer.algorithm import (
     value_loss,
 )
 from distill_trainer.batch import RolloutBatch
-from distill_trainer.checkpoint import CheckpointWriter
+from distill_trainer.checkpoint.state import (
+    capture_torch_rng,
+    export_pretrained,
+    read_role_state,
+    restore_torch_rng,
+    write_role_state,
+)
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.models import (
@@ -42,6 +53,9 @@ from distill_trainer.roles.models import (
 )
 
 log = logging.getLogger(__name__)
+
+# Full (unsharded) tensors on the CPU: the same checkpoint for one process and an FSDP2 group.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def micro_batches(batch: RolloutBatch, rows: int, device: str) -> Iterator[RolloutBatch]:
@@ -152,6 +166,32 @@ class _Trainer:
         metrics[f"{prefix}/lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next update depends on: weights, optimizer moments, the shuffling
+        generator, the update count, this process's torch RNG (dropout, when on; an LR scheduler
+        belongs here too). Collective under FSDP: every rank calls it."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=FULL_STATE)
+        return {
+            "model": model_state,
+            "optimizer": optim_state,
+            "generator": self.generator.get_state(),
+            "updates": self.updates,
+            "rng": capture_torch_rng(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state_dict()` was taken (every rank calls it)."""
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=FULL_STATE,
+        )
+        self.generator.set_state(state["generator"])
+        self.updates = int(state["updates"])
+        restore_torch_rng(state["rng"])
+
 
 class HFActor:
     """The student: logprobs, the PPO update, and its weights for the rollout engine."""
@@ -163,7 +203,6 @@ class HFActor:
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_model(cfg)
         self.trainer = _Trainer(self.model, cfg.optim, cfg.micro_batch_size, cfg.device, cfg.seed)
-        self.checkpoints: CheckpointWriter | None = None
 
     @torch.no_grad()
     def compute_logprobs(self, batch: RolloutBatch, with_entropy: bool = False) -> LogprobOutput:
@@ -211,16 +250,19 @@ class HFActor:
         named = ((name, t.detach()) for name, t in self.model.state_dict().items())
         return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
-    def save(self, path: str) -> None:
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+    def save_checkpoint(self, uri: str) -> dict[str, int]:
+        """Write `<uri>/actor/` (student, tokenizer, optimizer and trainer state); returns the
+        files written. Every rank calls it; rank 0 writes."""
+        state = self.trainer.state_dict()
+        return write_role_state(uri, "actor", self.model, state, self.tokenizer)
 
-    def save_checkpoint(self, root: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
-        """Save, write trainer_state.json and prune, all in this process: on a cluster only the
-        actor's pod has the disk the checkpoint lands on."""
-        if self.checkpoints is None or self.checkpoints.root != root:
-            self.checkpoints = CheckpointWriter(root, keep)
-        return self.checkpoints.save(step, self.save, state)
+    def load_checkpoint(self, uri: str) -> None:
+        self.trainer.load_state_dict(read_role_state(uri, "actor"))
+
+    def export_model(self, uri: str) -> None:
+        """The student in Hugging Face format (save_pretrained + tokenizer) at `uri`."""
+        state = get_model_state_dict(self.model, options=FULL_STATE)
+        export_pretrained(uri, self.model, state, self.tokenizer)
 
 
 class HFCritic:
@@ -269,3 +311,10 @@ class HFCritic:
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         return self.trainer.run(batch, self._loss, "critic")
+
+    def save_checkpoint(self, uri: str) -> dict[str, int]:
+        """Write `<uri>/critic/`; returns the files written (every rank calls it)."""
+        return write_role_state(uri, "critic", self.model, self.trainer.state_dict())
+
+    def load_checkpoint(self, uri: str) -> None:
+        self.trainer.load_state_dict(read_role_state(uri, "critic"))
