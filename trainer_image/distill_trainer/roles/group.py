@@ -218,9 +218,11 @@ class RayTrainingGroup:
         self.handles = [remote_cls.remote() for _ in range(placement.replicas)]
         addr, port = self._wait([self.handles[0].address.remote()])[0]
         world, timeout_s = len(self.handles), cfg.collective_timeout_s
-        rendezvous = [fsdp.Rendezvous(r, world, addr, port, timeout_s) for r in range(world)]
         # Every rank must start at once: init_process_group waits for all of them.
-        starts = [h.start.remote(role_cls, cfg, rdv) for h, rdv in zip(self.handles, rendezvous, strict=True)]
+        starts = [
+            h.start.remote(role_cls, cfg, fsdp.Rendezvous(rank, world, addr, port, timeout_s))
+            for rank, h in enumerate(self.handles)
+        ]
         self._wait(starts)
 
     def __getattr__(self, method: str) -> Any:
