@@ -118,9 +118,6 @@ def shard_model(
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    # Each rank weights its micro-batches by its share of the global mini-batch: the gradients
-    # must be summed over ranks, not averaged.
-    model.set_gradient_divide_factor(1.0)
     return model
 
 

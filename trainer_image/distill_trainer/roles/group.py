@@ -239,7 +239,9 @@ class RayTrainingGroup:
             batch, rest = args[0], args[1:]
             shares = balanced_shares(sequence_lengths(batch), len(self.handles))
             refs = [
-                h.call.remote(method, batch.select(torch.tensor(rows, dtype=torch.long)), *rest)
+                h.call.remote(
+                    method, batch.select(torch.tensor(rows, dtype=torch.long)), *rest, **kwargs
+                )
                 for h, rows in zip(self.handles, shares, strict=True)
             ]
             return gather_rows(self._wait(refs), shares, batch.size)

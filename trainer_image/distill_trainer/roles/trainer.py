@@ -208,7 +208,9 @@ class _Trainer:
                 weight = 0.0 if rows is None else _loss_weight(mb, mini, self.optim_cfg.loss_agg)
                 with autocast(self.cfg.device):
                     loss, metrics = loss_fn(mb)
-                (loss * weight).backward()
+                # FSDP averages the ranks' gradients; the weights already split the mini-batch
+                # between ranks, so the sum is wanted (gloo has no pre-scaled reduce-scatter).
+                (loss * (weight * fsdp.world_size())).backward()
                 for key, value in metrics.items():
                     sums[key] += value * weight
             grad_norm = fsdp.clip_grad_norm(self.params, self.optim_cfg.grad_clip)
