@@ -43,11 +43,12 @@ def test_micro_batches_never_exceed_the_token_budget() -> None:
         prompts = torch.tensor([rng.randint(1, 50) for _ in range(n)])
         responses = torch.tensor([rng.randint(1, 80) for _ in range(n)])
         budget = rng.randint(130, 600)  # at least the longest row
-        groups = micro_batch_rows(prompts, responses, max_rows=rng.randint(1, 16), max_tokens=budget)
+        max_rows = rng.randint(1, 16)
+        groups = micro_batch_rows(prompts, responses, max_rows=max_rows, max_tokens=budget)
         assert sorted(i for g in groups for i in g) == list(range(n))  # every row exactly once
         for rows in groups:
             width = int(prompts[rows].max() + responses[rows].max())
-            assert len(rows) * width <= budget
+            assert len(rows) * width <= budget and len(rows) <= max_rows
 
 
 def test_token_budget_worked_example() -> None:

@@ -59,8 +59,9 @@ def batch(student_dir: Path) -> RolloutBatch:
     prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompts[1] = prompts[1] + prompts[1][:9]  # unequal prompt lengths: shares differ in width
     engine = HFRolloutEngine(
-        RolloutConfig(model=str(student_dir), device="cpu", seed=0, temperature=1.0,
-                      micro_batch_size=16)
+        RolloutConfig(
+            model=str(student_dir), device="cpu", seed=0, temperature=1.0, micro_batch_size=16
+        )
     )
     out = engine.generate(prompts, 4, SamplingParams(10, temperature=1.0)).to_batch(4)
     out.old_logprobs = out.rollout_logprobs
