@@ -1,9 +1,11 @@
-"""A world-size-2 FSDP2 actor group (gloo, local Ray) against one process on the same batch.
+"""A world-size-2 FSDP2 actor group (gloo, local Ray) against one process on the same batch, and
+the demo job with `resources.actor.replicas: 2`.
 
-One Ray session and one group for the module (each rank imports torch and transformers, which
-dominates): the gathered weights equal the unsharded model's, the group's logprobs equal one
-process's, one update leaves the same parameters as one process's update, and a rank that dies
-fails the next call with an error naming the role and the rank.
+One Ray session for the module (each rank imports torch and transformers, which dominates): the
+gathered weights equal the unsharded model's, the group's logprobs equal one process's, one
+update leaves the same parameters as one process's update, a rank that dies fails the next call
+with an error naming the role and the rank, and examples/demo-distill.yaml trains and saves with
+two actor ranks.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pytest
 import torch
 
 from distill_trainer.batch import RolloutBatch
-from distill_trainer.config import ActorConfig, OptimConfig, RolloutConfig
+from distill_trainer.cli import load_document
+from distill_trainer.config import ActorConfig, OptimConfig, RolloutConfig, RunOptions
+from distill_trainer.driver import run_job
 from distill_trainer.roles import SamplingParams
 from distill_trainer.roles.group import Placement, RayTrainingGroup, WorkerFailed
 from distill_trainer.roles.models import load_tokenizer
@@ -70,14 +74,17 @@ def batch(student_dir: Path) -> RolloutBatch:
 
 
 @pytest.fixture(scope="module")
-def group(student_dir: Path) -> Iterator[RayTrainingGroup]:
+def ray_session() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        actors = RayTrainingGroup("actor", HFActor, _config(student_dir), Placement(replicas=2))
-        yield actors
-        actors.kill()
-    finally:
-        ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def group(ray_session, student_dir: Path) -> Iterator[RayTrainingGroup]:
+    actors = RayTrainingGroup("actor", HFActor, _config(student_dir), Placement(replicas=2))
+    yield actors
+    actors.kill()
 
 
 def _state(weights) -> dict[str, torch.Tensor]:
@@ -117,3 +124,25 @@ def test_a_dead_rank_fails_the_call_naming_it(group, batch: RolloutBatch) -> Non
     ray.kill(group.handles[1])
     with pytest.raises(WorkerFailed, match="actor rank 1"):
         group.compute_logprobs(dataclasses.replace(batch))
+
+
+@pytest.mark.slow
+def test_demo_job_trains_with_two_actor_ranks(
+    ray_session, repo_root: Path, student_dir: Path, teacher_dir: Path, data_dir: Path, tmp_path
+) -> None:
+    overrides = [
+        f"student.model={student_dir}",
+        f"teacher.model={teacher_dir}",
+        f"data.train={data_dir / 'train.parquet'}",
+        f"data.val={data_dir / 'test.parquet'}",
+        "training.totalSteps=2",
+        "training.testFreq=2",
+        "resources.actor.replicas=2",
+    ]
+    job = load_document(repo_root / "examples" / "demo-distill.yaml", overrides)
+    assert job.spec.resources.actor.replicas == 2
+    options = RunOptions(backend="ray", device="cpu", output_dir=tmp_path, progress=False)
+    summary = run_job(job, options)
+    assert summary.steps == 2 and summary.history[-1]["actor/grad_norm"] > 0
+    assert (tmp_path / "checkpoints" / "global_step_2" / "model.safetensors").is_file()
+    print(f"demo, 2 actor ranks: {summary.seconds:.1f} s for 2 steps")
