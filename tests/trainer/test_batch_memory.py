@@ -16,6 +16,8 @@ from distill_trainer.batch import (
     prompt_lengths,
     trimmed,
 )
+from distill_trainer.roles.base import LogprobOutput
+from distill_trainer.roles.group import gather_rows
 
 
 def _batch(prompt_lens: list[int], response_lens: list[int], p: int = 8, r: int = 6):
@@ -90,3 +92,14 @@ def test_filler_batch_has_the_fields_and_one_unmasked_token() -> None:
     filler = filler_batch(_batch([3], [2]))
     assert filler.input_ids.shape == (1, 2) and filler.response_mask.tolist() == [[1.0]]
     assert filler.advantages.tolist() == [[0.0]] and filler.old_logprobs is None
+
+
+def test_rows_scattered_by_tokens_gather_back_in_order() -> None:
+    batch = _batch([3, 8, 1, 5, 2], [6, 1, 2, 4, 3])
+    shares = balanced_shares(batch.attention_mask.sum(-1), 2)
+    parts = [LogprobOutput(batch.advantages[rows], batch.advantages[rows] * 2) for rows in shares]
+    merged = gather_rows(parts, shares, batch.size)
+    assert torch.equal(merged.logprobs, batch.advantages)
+    assert torch.equal(merged.entropy, batch.advantages * 2)
+    values = gather_rows([batch.response_mask[rows] for rows in shares], shares, batch.size)
+    assert torch.equal(values, batch.response_mask)

@@ -132,7 +132,9 @@ def load_scorer(cfg: RoleConfig) -> ResponseScorer:
 
 
 @torch.no_grad()
-def score_batch(scorer: ResponseScorer, batch: RolloutBatch, cfg: RoleConfig, entropy: bool):
+def score_batch(
+    scorer: ResponseScorer, batch: RolloutBatch, cfg: RoleConfig, entropy: bool
+) -> LogprobOutput:
     """[N, R] logprobs (and entropies) of the response tokens, micro-batch by micro-batch; 0.0 on
     padding."""
     logprobs = torch.zeros(batch.response_mask.shape)
