@@ -4,8 +4,9 @@ Two kinds of group, both called exactly like the role class, so the driver canno
 backends apart:
 
 `RayTrainingGroup("actor", HFActor, cfg, placement)`: the actor, critic or teacher as ranks of one
-torch.distributed process group (world size = replicas × gpusPerReplica), each holding FSDP2
-shards (roles/fsdp.py) and running the worker body of roles/trainer.py:
+torch.distributed process group (world size = replicas × gpusPerReplica, one rank per GPU; on CPU
+pods one per pod), each holding FSDP2 shards (roles/fsdp.py) and running the worker body of
+roles/trainer.py. Rank 0 names the rendezvous address; every rank then joins and builds its role:
 
 - scattered (`compute_logprobs`, `compute_values`): the rows are split across the ranks by token
   count (batch.balanced_shares) and the results put back in row order;
@@ -30,10 +31,10 @@ Replica r gets the role's config with seed + r, so sampling replicas draw differ
 
 On a KubeRay cluster each worker group advertises a custom resource named after its role
 (`rollout`, `actor`, `teacher`, `critic`), one unit per pod: a rollout replica asks for one unit
-and the pod's GPUs, a training rank for one GPU and 1/gpusPerReplica of a unit, so a pod's ranks
-land on that pod. Locally no such resource exists: rollout replicas ask for nothing (a share of
-the GPU on CUDA); training ranks are replicas × gpusPerReplica on CPU, one rank on a local GPU
-(every role shares it, and nccl allows one rank per device).
+and the pod's GPUs, a training rank for one GPU and 1/gpusPerReplica of a unit, so the ranks
+fill the group's pods exactly. Locally no such resource exists: rollout replicas ask for nothing
+(a share of the GPU on CUDA); a training role gets replicas × max(gpusPerReplica, 1) ranks on
+CPU and one rank on a local GPU (every role shares it, and nccl allows one rank per device).
 """
 
 from __future__ import annotations
