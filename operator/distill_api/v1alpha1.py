@@ -164,6 +164,17 @@ class Training(ApiModel):
         "ppoMiniBatchSize × rolloutN responses); must divide batchSize.",
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Recompute each decoder layer's activations in backward (actor and critic): "
+        "memory per token drops from all activations to one hidden state per layer.",
+    )
+    max_tokens_per_micro_batch: int = Field(
+        16384,
+        ge=1,
+        description="Token budget per GPU of one forward/backward pass (rows × padded length, "
+        "as verl's ppo_max_token_len_per_gpu); a longer single sequence runs alone.",
+    )
     learning_rate: float = Field(1e-6, gt=0, description="Actor (student) learning rate.")
     critic_learning_rate: float = Field(1e-5, gt=0, description="Critic learning rate (gae only).")
     clip_ratio_low: float = Field(0.2, ge=0, le=1, description="PPO clip ε below 1.")

@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from distill_trainer.algorithm import entropy_from_logits, token_logprobs_from_logits
 from distill_trainer.batch import RolloutBatch, last_token_rewards, pad_cat
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig, RolloutConfig
 from distill_trainer.roles import Rollouts, SamplingParams
 from distill_trainer.roles.models import load_tokenizer
 from distill_trainer.roles.rollout_hf import HFRolloutEngine, first_eos_mask
-from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher, response_logits
+from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher
 
 PROMPTS = ["What is 1 + 2?", "What is 3 + 3?", "What is 9 + 0?"]
 
@@ -163,31 +161,3 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(sampled, student_di
         grads.append(torch.cat([p.grad.flatten() for p in actor.model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
-
-
-def test_response_logits_are_computed_for_the_response_alone(sampled, student_dir: Path) -> None:
-    """The logits of the response positions come out as their own contiguous tensor with the
-    same values as the full forward pass, and the chunked logprob and entropy passes (with grad,
-    as in the PPO loss) never allocate a full-size copy of them."""
-    _, batch = sampled
-    optim = OptimConfig(1e-3, 1, 4, 1.0, "token-mean")
-    actor = HFActor(ActorConfig(**_common(student_dir), train=True, optim=optim))
-    logits = response_logits(actor.model, batch)
-    n, r, full_bytes = batch.size, batch.response_length, logits.numel() * logits.element_size()
-    assert logits.shape == (n, r, actor.model.config.vocab_size) and logits.requires_grad
-    assert logits.is_contiguous() and logits.untyped_storage().nbytes() == full_bytes
-    with torch.no_grad():
-        whole = actor.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).logits
-    prompt_cols = batch.input_ids.shape[1] - r
-    torch.testing.assert_close(logits.detach(), whole[:, prompt_cols - 1 : -1])
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        logprobs = token_logprobs_from_logits(logits, batch.response_ids, 0.7, chunk_rows=8)
-        entropy = entropy_from_logits(logits, 0.7, chunk_rows=8)
-    assert max(event.cpu_memory_usage for event in prof.events()) < full_bytes
-    (logprobs.sum() + entropy.sum()).backward()  # the checkpointed chunks still backpropagate
-    assert actor.model.lm_head.weight.grad.abs().sum() > 0

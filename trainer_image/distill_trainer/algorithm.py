@@ -542,3 +542,52 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: in
     return _by_row_chunks(
         partial(_chunk_entropy, temperature=temperature), logits, chunk=chunk_rows
     )
+
+
+def _chunk_logprobs_entropy(
+    h: Tensor, ids: Tensor, head: Callable[[Tensor], Tensor], temperature: float, entropy: bool
+) -> tuple[Tensor, Tensor]:
+    z = _scaled(head(h), temperature)
+    logprobs = z.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    if not entropy:
+        return logprobs, logprobs.new_zeros(())
+    z = z - z.amax(dim=-1, keepdim=True).detach()
+    ent = torch.logsumexp(z, dim=-1) - torch.einsum("nv,nv->n", torch.softmax(z, dim=-1), z)
+    return logprobs, ent
+
+
+def token_logprobs_from_hidden(
+    hidden: Tensor,
+    head: Callable[[Tensor], Tensor],
+    token_ids: Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Token logprobs (and entropies) from the last hidden states, logits a chunk at a time.
+
+    [B, T, H] hidden, head: [n, H] → [n, V] logits, [B, T] ids → ([B, T], [B, T] | None) float32:
+    log softmax(head(h) / temperature)[id] and H = lse(z) − Σ_v softmax(z)_v·z_v, as
+    ``token_logprobs_from_logits`` and ``entropy_from_logits`` compute them. Only ``chunk_tokens``
+    rows of [n, V] logits exist at once; with grad each chunk is checkpointed, so backward keeps
+    its hidden states (n × H) and recomputes the logits, never holding a [B, T, V] tensor.
+    """
+    _in_range("temperature", temperature, 1e-6, math.inf)
+    _shape("token_ids", token_ids, tuple(hidden.shape[:-1]))
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be ≥ 1, got {chunk_tokens!r}")
+    flat, ids = hidden.reshape(-1, hidden.shape[-1]), token_ids.reshape(-1).long()
+    fn = partial(_chunk_logprobs_entropy, head=head, temperature=temperature, entropy=with_entropy)
+    keep_graph = torch.is_grad_enabled() and hidden.requires_grad
+    logprobs, entropies = [], []
+    for start in range(0, flat.shape[0], chunk_tokens):
+        args = (flat[start : start + chunk_tokens], ids[start : start + chunk_tokens])
+        lp, ent = checkpoint(fn, *args, use_reentrant=False) if keep_graph else fn(*args)
+        logprobs.append(lp)
+        entropies.append(ent)
+    shape = tuple(hidden.shape[:-1])
+    if not logprobs:
+        empty = hidden.new_zeros(shape, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    entropy = torch.cat(entropies).reshape(shape) if with_entropy else None
+    return torch.cat(logprobs).reshape(shape), entropy

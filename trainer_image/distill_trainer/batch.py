@@ -101,3 +101,111 @@ def pad_cat(tensors: list[Tensor], value: float, left: bool) -> Tensor:
         pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
         padded.append(torch.nn.functional.pad(t, pad, value=value))
     return torch.cat(padded)
+
+
+# --- memory rules: how rows become rank shares and micro-batches ---------------------------------
+#
+# The cost of a forward/backward pass is rows × width of the padded rectangle it computes, so a
+# micro-batch is built to a token budget on that rectangle (verl's ppo_max_token_len_per_gpu),
+# rows sorted by length so that similar lengths share a micro-batch, and each micro-batch is
+# cut to its own longest prompt and response (`trimmed`) before it reaches the model.
+
+SEQUENCE_FIELDS = ("input_ids", "attention_mask", "position_ids")  # [N, P+R]; other 2-D are [N, R]
+
+
+def prompt_lengths(batch: RolloutBatch) -> Tensor:
+    """[N] real prompt tokens per row."""
+    return batch.attention_mask[:, : -batch.response_length].sum(-1).long()
+
+
+def sequence_lengths(batch: RolloutBatch) -> Tensor:
+    """[N] real tokens (prompt and response) per row."""
+    return batch.attention_mask.sum(-1).long()
+
+
+def balanced_shares(lengths: Tensor, parts: int) -> list[list[int]]:
+    """Split rows into `parts` shares of nearly equal token totals (greedy longest-first, each
+    row to the lightest share); each share's row indices ascending, some empty if rows < parts."""
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for row in sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i)):
+        lightest = min(range(parts), key=lambda p: (loads[p], len(shares[p]), p))
+        shares[lightest].append(row)
+        loads[lightest] += int(lengths[row])
+    return [sorted(share) for share in shares]
+
+
+def micro_batch_rows(
+    prompt_lens: Tensor, response_lens: Tensor, max_rows: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Row indices of each micro-batch: at most `max_rows` rows and, when `max_tokens` is set,
+    rows × (longest prompt + longest response) ≤ max_tokens, rows taken longest first.
+
+    A row longer than the budget on its own makes a micro-batch of one (a row cannot be split).
+    Without a budget: consecutive rows, `max_rows` at a time (the fixed-row rule).
+    """
+    n = len(prompt_lens)
+    if max_tokens is None:
+        return [list(range(start, min(start + max_rows, n))) for start in range(0, n, max_rows)]
+    order = sorted(range(n), key=lambda i: (-int(prompt_lens[i] + response_lens[i]), i))
+    groups: list[list[int]] = []
+    rows: list[int] = []
+    width_p = width_r = 0
+    for i in order:
+        p, r = max(width_p, int(prompt_lens[i])), max(width_r, int(response_lens[i]))
+        if rows and (len(rows) == max_rows or (len(rows) + 1) * (p + r) > max_tokens):
+            groups.append(rows)
+            rows, p, r = [], int(prompt_lens[i]), int(response_lens[i])
+        rows.append(i)
+        width_p, width_r = p, r
+    if rows:
+        groups.append(rows)
+    return groups
+
+
+def padded_tokens(batch: RolloutBatch) -> int:
+    """rows × width of the rectangle the model computes for this (trimmed) batch."""
+    return batch.size * int(batch.input_ids.shape[1])
+
+
+def trimmed(batch: RolloutBatch) -> RolloutBatch:
+    """The batch without columns that are padding in every row: leading prompt columns and
+    trailing response columns (at least one of each is kept, so the layout stays P | R)."""
+    prompt_cols = batch.input_ids.shape[1] - batch.response_length
+    first = prompt_cols - max(int(prompt_lengths(batch).max()), 1)
+    keep_r = max(int(batch.response_lengths.max()), 1)
+    picked = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if f.name in SEQUENCE_FIELDS:
+            value = value[:, first : prompt_cols + keep_r]
+        elif value is not None and value.dim() == 2:
+            value = value[:, :keep_r]
+        picked[f.name] = value
+    return RolloutBatch(**picked)
+
+
+def pad_columns(tokens: Tensor, width: int) -> Tensor:
+    """[n, r] per-token values right-padded with 0.0 to [n, width]."""
+    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=0.0)
+
+
+def filler_batch(batch: RolloutBatch) -> RolloutBatch:
+    """One row of `batch`'s fields shaped [1, 2] / [1, 1]: what a rank runs, with weight 0, when
+    it has fewer micro-batches than another rank (sharded forwards are collectives: every rank
+    must run as many). Its one response token is unmasked so the loss stays finite."""
+    picked = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if f.name in SEQUENCE_FIELDS:
+            value = torch.tensor([[0, 1]]) if f.name == "position_ids" else torch.ones(1, 2)
+            value = value.long()
+        elif value is not None:
+            shape = (1, 1) if value.dim() == 2 else (1,)
+            value = (
+                torch.ones(shape, dtype=value.dtype)
+                if f.name == "response_mask"
+                else (torch.zeros(shape, dtype=value.dtype))
+            )
+        picked[f.name] = value
+    return RolloutBatch(**picked)

@@ -42,6 +42,12 @@ class RunOptions(BaseModel):
     max_val_prompts: int | None = Field(None, ge=1, description="Cap on validation prompts.")
     progress: bool = Field(True, description="Show a progress bar on the console.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default all).")
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of every collective in a training group (seconds)."
+    )
+    logprob_chunk_tokens: int = Field(
+        1024, ge=1, description="Response tokens whose [n, V] logits exist at once."
+    )
     resume_from: str | None = Field(
         None, description="Checkpoint URI to continue from (default: the job's newest)."
     )
@@ -65,8 +71,13 @@ class RoleConfig:
     device: str  # "cpu" | "cuda" | "auto": resolved where the role runs (a worker, not the driver)
     seed: int
     temperature: float  # logits are divided by it, as the sampler did
-    micro_batch_size: int
+    micro_batch_size: int  # most rows per forward/backward pass
     train: bool = False  # trainable roles keep float32 weights (autocast to bf16 on cuda)
+    # Micro-batches hold at most this many tokens of padded rectangle (None: rows only).
+    max_tokens_per_micro_batch: int | None = None
+    gradient_checkpointing: bool = False  # keep only each decoder layer's input for backward
+    logprob_chunk_tokens: int = 1024  # response tokens whose [n, V] logits exist at once
+    collective_timeout_s: float = 600.0  # deadline of every collective of a sharded group
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,11 @@ def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
         "seed": t.seed,
         "temperature": spec.rollout.temperature,
         "micro_batch_size": options.micro_batch_size,
+        "max_tokens_per_micro_batch": t.max_tokens_per_micro_batch,
+        "logprob_chunk_tokens": options.logprob_chunk_tokens,
+        "collective_timeout_s": options.collective_timeout_s,
     }
+    trained = {"train": True, "gradient_checkpointing": t.gradient_checkpointing}
     student = spec.student.model
 
     # ppoMiniBatchSize counts prompts, as in the seed/verl: a mini-batch is all their responses.
@@ -128,12 +143,12 @@ def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
 
     actor = ActorConfig(
         model=student,
-        train=True,
         optim=optim(t.learning_rate),
         clip_low=t.clip_ratio_low,
         clip_high=t.clip_ratio_high,
         clip_ratio_c=options.clip_ratio_c,
         entropy_coeff=t.entropy_coeff,
+        **trained,
         **common,
     )
     teacher = None
@@ -145,9 +160,9 @@ def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
     if spec.needs_critic:
         critic = CriticConfig(
             model=student,
-            train=True,
             optim=optim(t.critic_learning_rate),
             value_clip=options.value_clip,
+            **trained,
             **common,
         )
     rollout = RolloutConfig(

@@ -94,15 +94,22 @@ def build_roles(
 def _ray_group(
     name: str, cls: type, cfg: Any, spec: DistillJobSpec, n_roles: int, pad_token_id: int
 ) -> Any:
-    from distill_trainer.roles.group import RayRoleGroup, placement_for
+    from distill_trainer.roles.group import (
+        RayRoleGroup,
+        RayTrainingGroup,
+        placement_for,
+        training_placement,
+    )
     from distill_trainer.roles.models import resolve_device
 
     group = getattr(spec.resources, name)
     replicas, gpus = (group.replicas, group.gpus_per_replica) if group else (1, 0)
-    if name in ("actor", "critic") and replicas > 1:
-        # Data-parallel training needs FSDP workers (a later issue); one replica trains for now.
-        log.warning("%s: %d replicas requested, training on 1 until FSDP lands", name, replicas)
-        replicas = 1
     # Local Ray runs on this machine, so the driver can resolve "auto" for it.
-    placement = placement_for(name, replicas, gpus, resolve_device(cfg.device), n_roles)
-    return RayRoleGroup(cls, cfg, placement, pad_token_id)
+    device = resolve_device(cfg.device)
+    if name == "rollout":
+        placement = placement_for(name, replicas, gpus, device, n_roles)
+        return RayRoleGroup(cls, cfg, placement, pad_token_id)
+    # The actor, critic and teacher: one FSDP2 process group of replicas × gpusPerReplica ranks.
+    placement = training_placement(name, replicas, gpus, device, n_roles)
+    log.info("%s: %d ranks", name, placement.replicas)
+    return RayTrainingGroup(name, cls, cfg, placement)

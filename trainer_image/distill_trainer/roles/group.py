@@ -1,21 +1,40 @@
-"""Any role as a group of Ray actors with the role's own method surface.
+"""A role as a group of Ray actors with the role's own method surface.
 
-`RayRoleGroup(HFTeacher, cfg, placement)` answers `compute_logprobs(batch)` exactly like an
-`HFTeacher` would, so the driver cannot tell the backends apart. Calls are dispatched by kind:
+Two kinds of group, both called exactly like the role class, so the driver cannot tell the
+backends apart:
+
+`RayTrainingGroup("actor", HFActor, cfg, placement)`: the actor, critic or teacher as ranks of one
+torch.distributed process group (world size = replicas × gpusPerReplica, one rank per GPU; on CPU
+pods one per pod), each holding FSDP2 shards (roles/fsdp.py) and running the worker body of
+roles/trainer.py. Rank 0 names the rendezvous address; every rank then joins and builds its role:
+
+- scattered (`compute_logprobs`, `compute_values`): the rows are split across the ranks by token
+  count (batch.balanced_shares) and the results put back in row order;
+- everything else (`update`, `get_weights`, `save_checkpoint`, …) runs on every rank, since
+  each is a sequence of collectives; `update` gets the whole batch through one object-store
+  reference and every rank trains on its share of each mini-batch; rank 0's result is returned
+  (`get_weights`: rank 0's ObjectRef, passed on to the engines without touching the driver);
+- a rank that dies fails the call at once with an error naming the role and the rank; the
+  others then stop at their next collective's deadline (`collective_timeout_s`).
+
+`RayRoleGroup(HFRolloutEngine, cfg, placement)`: independent replicas (the rollout engines).
+Calls are dispatched by kind:
 
 - sharded (`generate`, `compute_logprobs`, `compute_values`): the rows are split across the
   replicas and the results concatenated in order;
 - broadcast (`load_weights`): every replica gets the same argument;
 - by reference (`get_weights`): returns the Ray ObjectRef, which a later broadcast passes on
   from object store to workers without a round trip through the driver;
-- anything else runs on replica 0 (the trainable roles have one replica until FSDP lands),
-  e.g. `save_checkpoint`, which writes the role's part of a checkpoint from that replica's pod.
+- anything else runs on replica 0.
 
 Replica r gets the role's config with seed + r, so sampling replicas draw different streams.
 
 On a KubeRay cluster each worker group advertises a custom resource named after its role
-(`rollout`, `actor`, `teacher`, `critic`); a replica asks for one unit of it and the group's GPUs.
-Locally no such resource exists and the replicas ask for nothing (a share of the GPU on CUDA).
+(`rollout`, `actor`, `teacher`, `critic`), one unit per pod: a rollout replica asks for one unit
+and the pod's GPUs, a training rank for one GPU and 1/gpusPerReplica of a unit, so the ranks
+fill the group's pods exactly. Locally no such resource exists: rollout replicas ask for nothing
+(a share of the GPU on CUDA); a training role gets replicas × max(gpusPerReplica, 1) ranks on
+CPU and one rank on a local GPU (every role shares it, and nccl allows one rank per device).
 """
 
 from __future__ import annotations
@@ -29,7 +48,8 @@ from typing import Any
 import ray
 import torch
 
-from distill_trainer.batch import RolloutBatch
+from distill_trainer.batch import RolloutBatch, balanced_shares, sequence_lengths
+from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Rollouts
 
 log = logging.getLogger(__name__)
@@ -75,6 +95,19 @@ def placement_for(
         return Placement(replicas, float(gpus_per_replica), {role: 1.0})
     share = 1.0 / local_roles if device == "cuda" else 0.0
     return Placement(1, share, {})
+
+
+def training_placement(
+    role: str, replicas: int, gpus_per_replica: int, device: str, local_roles: int
+) -> Placement:
+    """Ranks of a training group (Placement.replicas = world size) and what each asks for."""
+    per_pod = max(gpus_per_replica, 1)
+    gpu = 1.0 if gpus_per_replica > 0 else 0.0
+    if ray.cluster_resources().get(role, 0) > 0:
+        return Placement(replicas * per_pod, gpu, {role: 1.0 / per_pod})
+    if device == "cuda":
+        return Placement(1, 1.0 / local_roles, {})
+    return Placement(replicas * per_pod, 0.0, {})
 
 
 def replica_config(cfg: Any, rank: int) -> Any:
@@ -150,3 +183,110 @@ def split_rows(rows: list | RolloutBatch, parts: int) -> list[Any]:
     if isinstance(rows, list):
         return [rows[i : i + step] for i in range(0, size, step)]
     return list(rows.chunks(step))
+
+
+class RankWorker:
+    """One rank of a training group: joins the process group, then builds and serves the role."""
+
+    def address(self) -> tuple[str, int]:
+        return fsdp.free_address()
+
+    def start(self, role_cls: type, cfg: Any, rendezvous: fsdp.Rendezvous) -> None:
+        from distill_trainer.roles.models import resolve_device
+
+        fsdp.init_process_group(rendezvous, resolve_device(cfg.device))
+        self.role = role_cls(cfg)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.role, method)(*args, **kwargs)
+
+
+class WorkerFailed(RuntimeError):
+    """A rank of a training group died or raised; the message names the role and the rank."""
+
+
+class RayTrainingGroup:
+    """The ranks of one training role (actor, critic, teacher) as one sharded model."""
+
+    SCATTERED = frozenset({"compute_logprobs", "compute_values"})
+
+    def __init__(self, role: str, role_cls: type, cfg: Any, placement: Placement) -> None:
+        self.role = role
+        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": placement.num_gpus}
+        if placement.resources:
+            options["resources"] = placement.resources
+        remote_cls = ray.remote(RankWorker).options(**options)
+        self.handles = [remote_cls.remote() for _ in range(placement.replicas)]
+        addr, port = self._wait([self.handles[0].address.remote()])[0]
+        world, timeout_s = len(self.handles), cfg.collective_timeout_s
+        # Every rank must start at once: init_process_group waits for all of them.
+        starts = [
+            h.start.remote(role_cls, cfg, fsdp.Rendezvous(rank, world, addr, port, timeout_s))
+            for rank, h in enumerate(self.handles)
+        ]
+        self._wait(starts)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._call(method, args, kwargs)
+
+        return call
+
+    def _call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if method in self.SCATTERED:
+            batch, rest = args[0], args[1:]
+            shares = balanced_shares(sequence_lengths(batch), len(self.handles))
+            refs = [
+                h.call.remote(
+                    method, batch.select(torch.tensor(rows, dtype=torch.long)), *rest, **kwargs
+                )
+                for h, rows in zip(self.handles, shares, strict=True)
+            ]
+            return gather_rows(self._wait(refs), shares, batch.size)
+        # One object-store copy of a batch for all ranks, not one per rank.
+        args = tuple(ray.put(a) if isinstance(a, RolloutBatch) else a for a in args)
+        refs = [h.call.remote(method, *args, **kwargs) for h in self.handles]
+        if method in BY_REFERENCE:
+            self._wait(refs[1:], first_rank=1)
+            return refs[0]
+        return self._wait(refs)[0]
+
+    def _wait(self, refs: list[Any], first_rank: int = 0) -> list[Any]:
+        """Every result in rank order; the first failure raises at once, naming its rank."""
+        pending = {ref: first_rank + i for i, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                rank = pending.pop(ref)
+                try:
+                    results[rank] = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    raise WorkerFailed(f"{self.role} rank {rank} died: {err}") from err
+                except ray.exceptions.RayTaskError as err:
+                    raise WorkerFailed(f"{self.role} rank {rank} failed: {err}") from err
+        return [results[rank] for rank in sorted(results)]
+
+    def kill(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle)
+
+
+def gather_rows(parts: list[Any], shares: list[list[int]], size: int) -> Any:
+    """The ranks' per-row results ([n_r, R] tensors or LogprobOutputs) back in row order."""
+
+    def place(tensors: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros((size, *tensors[0].shape[1:]), dtype=tensors[0].dtype)
+        for rows, tensor in zip(shares, tensors, strict=True):
+            out[torch.tensor(rows, dtype=torch.long)] = tensor
+        return out
+
+    if isinstance(parts[0], LogprobOutput):
+        entropy = None
+        if parts[0].entropy is not None:
+            entropy = place([p.entropy for p in parts])
+        return LogprobOutput(place([p.logprobs for p in parts]), entropy)
+    return place(parts)

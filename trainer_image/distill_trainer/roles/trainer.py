@@ -1,15 +1,21 @@
 """The model-holding workers that score and train: teacher, actor (student), critic (gae only).
 
-Forward helpers (`response_logits`, `batch_token_logprobs`) are shared by all three; the teacher
-only scores the student's responses. The actor and the critic run the same optimisation schedule:
-`ppoEpochs` passes over the step's batch, each split into mini-batches of ppoMiniBatchSize ×
-rolloutN responses (ppoMiniBatchSize counts prompts; the responses are shuffled across prompts;
-one optimizer step each), each mini-batch split into micro-batches whose gradients accumulate with
-weights that make the sum equal the loss over the whole mini-batch.
+One worker body for every backend: in-process it holds the whole model; in a Ray group
+(roles/group.py) each rank holds FSDP2 shards (roles/fsdp.py) and runs the same code, with its
+share of the rows. Per micro-batch the forward runs on a token budget (batch.py) and response
+logprobs come from the last hidden states a chunk at a time (`ResponseScorer`), so memory grows
+with tokens, never with rows × the longest row × the vocabulary.
+
+The actor and the critic run the same optimisation schedule: `ppoEpochs` passes over the step's
+batch, each split into mini-batches of ppoMiniBatchSize × rolloutN responses (ppoMiniBatchSize
+counts prompts; the responses are shuffled across prompts; one optimizer step each), each
+mini-batch split into micro-batches whose gradients accumulate with weights that make the sum
+equal the loss over the whole mini-batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -24,17 +30,15 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from transformers import AutoModelForTokenClassification, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, PreTrainedModel
 
 from distill_trainer.algorithm import (
     LossAgg,
     agg_loss,
-    entropy_from_logits,
     ppo_policy_loss,
-    token_logprobs_from_logits,
+    token_logprobs_from_hidden,
     value_loss,
 )
-from distill_trainer.batch import RolloutBatch
 from distill_trainer.checkpoint.state import (
     capture_torch_rng,
     export_pretrained,
@@ -42,7 +46,17 @@ from distill_trainer.checkpoint.state import (
     restore_torch_rng,
     write_role_state,
 )
+from distill_trainer.batch import (
+    RolloutBatch,
+    balanced_shares,
+    filler_batch,
+    micro_batch_rows,
+    prompt_lengths,
+    sequence_lengths,
+    trimmed,
+)
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
+from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.models import (
     autocast,
@@ -58,54 +72,109 @@ log = logging.getLogger(__name__)
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def micro_batches(batch: RolloutBatch, rows: int, device: str) -> Iterator[RolloutBatch]:
-    for chunk in batch.chunks(rows):
-        yield chunk.to(device)
+def place_model(model: Any, hf_model: PreTrainedModel, cfg: RoleConfig) -> Any:
+    """The loaded (CPU) model on the role's device: frozen roles in bf16 on CUDA, activation
+    checkpointing when asked, FSDP2 shards when the worker is in a process group."""
+    if cfg.device == "cuda" and not cfg.train:
+        model = model.to(torch.bfloat16)
+    layers = hf_model.base_model.layers  # the decoder blocks: one FSDP unit each
+    return fsdp.shard_model(model, layers, cfg.device, cfg.train, cfg.gradient_checkpointing)
 
 
-def response_logits(model: PreTrainedModel, batch: RolloutBatch) -> Tensor:
-    """[n, R, V] contiguous logits predicting each response token (columns P−1 … P+R−2).
+def load_on_cpu(cfg: RoleConfig, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
+    """Loaded on the CPU first: sharding then moves only this rank's shard to the GPU."""
+    return load_model(dataclasses.replace(cfg, device="cpu"), auto_class, **kwargs)
 
-    `logits_to_keep` with these positions makes the vocab projection run on them alone, so the
-    result is its own contiguous tensor, not a slice of a larger one. The [n·R, V] reshapes of
-    the chunked logprob and entropy passes are then views: with grad on, their checkpointed
-    chunks keep these logits alive for backward, never a full copy of them.
+
+def micro_batches(
+    batch: RolloutBatch, cfg: RoleConfig
+) -> Iterator[tuple[Tensor | None, RolloutBatch]]:
+    """(row indices, micro-batch on the role's device), under the token budget of batch.py.
+
+    Every rank of a sharded group yields as many micro-batches as the rank with the most
+    (each forward is a collective): the missing ones are filler rows with indices None.
     """
-    width = batch.input_ids.shape[1]
-    positions = torch.arange(
-        width - batch.response_length - 1, width - 1, device=batch.input_ids.device
-    )
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=positions,
-        use_cache=False,
-    )
-    return out.logits
+    groups = []
+    if batch.size:
+        groups = micro_batch_rows(
+            prompt_lengths(batch),
+            batch.response_lengths,
+            cfg.micro_batch_size,
+            cfg.max_tokens_per_micro_batch,
+        )
+    for rows in groups:
+        index = torch.tensor(rows, dtype=torch.long)
+        yield index, trimmed(batch.select(index)).to(cfg.device)
+    for _ in range(fsdp.max_over_ranks(len(groups)) - len(groups)):
+        yield None, filler_batch(batch).to(cfg.device)
 
 
-@torch.inference_mode()
-def batch_token_logprobs(model: PreTrainedModel, batch: RolloutBatch, cfg: RoleConfig) -> Tensor:
-    """[N, R] logprobs of the response tokens, micro-batch by micro-batch (only these are kept)."""
-    parts = []
-    for mb in micro_batches(batch, cfg.micro_batch_size, cfg.device):
+class ResponseScorer(torch.nn.Module):
+    """A causal LM whose forward returns the response tokens' logprobs (and entropies).
+
+    The logits come from the last hidden states a chunk of tokens at a time
+    (`token_logprobs_from_hidden`), so no [n, R, V] tensor exists, in the forward or for
+    backward. It is the FSDP root: the embeddings, final norm and head are gathered for it.
+    """
+
+    def __init__(self, lm: PreTrainedModel, temperature: float, chunk_tokens: int) -> None:
+        super().__init__()
+        self.lm, self.temperature, self.chunk_tokens = lm, temperature, chunk_tokens
+
+    def forward(self, mb: RolloutBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        out = self.lm.get_decoder()(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=mb.position_ids,
+            use_cache=False,
+        )
+        # Columns P−1 … P+R−2 predict the response tokens (next-token prediction).
+        hidden = out.last_hidden_state[:, -mb.response_length - 1 : -1]
+        return token_logprobs_from_hidden(
+            hidden,
+            self.lm.get_output_embeddings(),
+            mb.response_ids,
+            self.temperature,
+            self.chunk_tokens,
+            with_entropy,
+        )
+
+
+def load_scorer(cfg: RoleConfig) -> ResponseScorer:
+    lm = load_on_cpu(cfg)
+    return place_model(ResponseScorer(lm, cfg.temperature, cfg.logprob_chunk_tokens), lm, cfg)
+
+
+@torch.no_grad()
+def score_batch(
+    scorer: ResponseScorer, batch: RolloutBatch, cfg: RoleConfig, entropy: bool
+) -> LogprobOutput:
+    """[N, R] logprobs (and entropies) of the response tokens, micro-batch by micro-batch; 0.0 on
+    padding."""
+    logprobs = torch.zeros(batch.response_mask.shape)
+    entropies = torch.zeros(batch.response_mask.shape) if entropy else None
+    for rows, mb in micro_batches(batch, cfg):
         with autocast(cfg.device):
-            logits = response_logits(model, mb)
-        logprobs = token_logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
-        parts.append(torch.where(mb.response_mask.bool(), logprobs, 0.0).cpu())
-    return torch.cat(parts)
+            lp, ent = scorer(mb, with_entropy=entropy)
+        if rows is None:
+            continue
+        mask, width = mb.response_mask.bool(), mb.response_length
+        logprobs[rows, :width] = torch.where(mask, lp, 0.0).cpu()
+        if entropies is not None and ent is not None:
+            entropies[rows, :width] = torch.where(mask, ent, 0.0).cpu()
+    return LogprobOutput(logprobs=logprobs, entropy=entropies)
 
 
 class HFTeacher:
-    """A frozen model that only scores the student's responses."""
+    """A frozen model that only scores the student's responses (bf16 on CUDA, no grad)."""
 
     def __init__(self, cfg: RoleConfig) -> None:
         self.cfg = cfg = on_this_machine(cfg)
-        self.model = load_model(cfg)
+        self.scorer = load_scorer(cfg)
+        self.model = self.scorer.lm
 
     def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
-        return batch_token_logprobs(self.model, batch, self.cfg)
+        return score_batch(self.scorer, batch, self.cfg, entropy=False).logprobs
 
 
 # (micro-batch) -> (loss, metrics); the loss is the micro-batch's own aggregate.
@@ -121,18 +190,20 @@ def _loss_weight(mb: RolloutBatch, mini: RolloutBatch, loss_agg: LossAgg) -> flo
 
 
 class _Trainer:
-    """The shared PPO schedule: epochs × shuffled mini-batches × accumulated micro-batches."""
+    """The shared PPO schedule: epochs × shuffled mini-batches × accumulated micro-batches.
 
-    def __init__(
-        self, model: Any, optim: OptimConfig, micro_batch_size: int, device: str, seed: int
-    ):
-        self.model, self.optim_cfg = model, optim
-        self.micro_batch_size, self.device = micro_batch_size, device
+    In a sharded group every rank draws the same mini-batches (same seed) and trains on its
+    token-balanced share of each; micro-batch weights are shares of the whole mini-batch and the
+    shards' gradients are summed, so the update equals one process training on it all.
+    """
+
+    def __init__(self, model: Any, optim: OptimConfig, cfg: RoleConfig):
+        self.model, self.optim_cfg, self.cfg = model, optim, cfg
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.updates = 0  # run() calls so far: the version of the weights it leaves behind
 
     def mini_batches(self, batch: RolloutBatch) -> Iterator[RolloutBatch]:
@@ -142,27 +213,34 @@ class _Trainer:
                 yield batch.select(index)
 
     def run(self, batch: RolloutBatch, loss_fn: LossFn, prefix: str) -> dict[str, float]:
-        """Optimise over the batch; returns metrics averaged over mini-batches."""
+        """Optimise over the batch; returns metrics averaged over mini-batches (and ranks)."""
         sums: dict[str, float] = defaultdict(float)
-        steps = 0
+        grad_norms = []
         for mini in self.mini_batches(batch):
+            shares = balanced_shares(sequence_lengths(mini), fsdp.world_size())
+            share = mini.select(torch.tensor(shares[fsdp.rank()], dtype=torch.long))
             self.optimizer.zero_grad(set_to_none=True)
-            for mb in micro_batches(mini, self.micro_batch_size, self.device):
-                weight = _loss_weight(mb, mini, self.optim_cfg.loss_agg)
-                with autocast(self.device):
+            for rows, mb in micro_batches(share, self.cfg):
+                weight = 0.0 if rows is None else _loss_weight(mb, mini, self.optim_cfg.loss_agg)
+                with autocast(self.cfg.device):
                     loss, metrics = loss_fn(mb)
-                (loss * weight).backward()
+                # FSDP averages the ranks' gradients; the weights already split the mini-batch
+                # between ranks, so the sum is wanted (gloo has no pre-scaled reduce-scatter).
+                (loss * (weight * fsdp.world_size())).backward()
                 for key, value in metrics.items():
                     sums[key] += value * weight
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.optim_cfg.grad_clip))
+            grad_norm = fsdp.clip_grad_norm(self.params, self.optim_cfg.grad_clip)
             if math.isfinite(grad_norm):
                 self.optimizer.step()
             else:
                 log.warning("%s: non-finite grad norm, optimizer step skipped", prefix)
-            sums[f"{prefix}/grad_norm"] += grad_norm
-            steps += 1
+            grad_norms.append(grad_norm)
         self.updates += 1
-        metrics = {key: value / max(steps, 1) for key, value in sums.items()}
+        keys = sorted(sums)
+        totals = fsdp.sum_over_ranks(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+        steps = max(len(grad_norms), 1)
+        metrics = {key: float(total) / steps for key, total in zip(keys, totals, strict=True)}
+        metrics[f"{prefix}/grad_norm"] = sum(grad_norms) / steps
         metrics[f"{prefix}/lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
 
@@ -201,31 +279,20 @@ class HFActor:
         seed_everything(cfg.seed)
         self.cfg = cfg = on_this_machine(cfg)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.model = load_model(cfg)
-        self.trainer = _Trainer(self.model, cfg.optim, cfg.micro_batch_size, cfg.device, cfg.seed)
+        self.scorer = load_scorer(cfg)
+        self.model = self.scorer.lm
+        self.trainer = _Trainer(self.model, cfg.optim, cfg)
+        self.optimizer = self.trainer.optimizer
 
-    @torch.no_grad()
     def compute_logprobs(self, batch: RolloutBatch, with_entropy: bool = False) -> LogprobOutput:
         """Token logprobs (and entropies) from one forward pass per micro-batch."""
-        logprobs, entropies = [], []
-        for mb in micro_batches(batch, self.cfg.micro_batch_size, self.cfg.device):
-            with autocast(self.cfg.device):
-                logits = response_logits(self.model, mb)
-            mask = mb.response_mask.bool()
-            lp = token_logprobs_from_logits(logits, mb.response_ids, self.cfg.temperature)
-            logprobs.append(torch.where(mask, lp, 0.0).cpu())
-            if with_entropy:
-                ent = entropy_from_logits(logits, self.cfg.temperature)
-                entropies.append(torch.where(mask, ent, 0.0).cpu())
-        entropy = torch.cat(entropies) if with_entropy else None
-        return LogprobOutput(logprobs=torch.cat(logprobs), entropy=entropy)
+        return score_batch(self.scorer, batch, self.cfg, with_entropy)
 
     def _loss(self, mb: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         cfg = self.cfg
         assert mb.old_logprobs is not None and mb.advantages is not None
         assert cfg.optim is not None
-        logits = response_logits(self.model, mb)
-        logprobs = token_logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
+        logprobs, entropy = self.scorer(mb, with_entropy=cfg.entropy_coeff > 0)
         loss, metrics = ppo_policy_loss(
             logprobs,
             mb.old_logprobs,
@@ -236,8 +303,7 @@ class HFActor:
             clip_ratio_c=cfg.clip_ratio_c,
             loss_agg=cfg.optim.loss_agg,
         )
-        if cfg.entropy_coeff > 0:
-            entropy = entropy_from_logits(logits, cfg.temperature)
+        if entropy is not None:
             loss = loss - cfg.entropy_coeff * agg_loss(
                 entropy, mb.response_mask, cfg.optim.loss_agg
             )
@@ -247,7 +313,10 @@ class HFActor:
         return self.trainer.run(batch, self._loss, "actor")
 
     def get_weights(self) -> Weights:
-        named = ((name, t.detach()) for name, t in self.model.state_dict().items())
+        """The full weights gathered from the shards, tensor by tensor (bf16 on CUDA), in
+        buckets; on ranks other than 0 the buckets are empty (rank 0's payload is the one)."""
+        dtype = torch.bfloat16 if self.cfg.device == "cuda" else None
+        named = fsdp.full_named_tensors(self.model, dtype)
         return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
     def save_checkpoint(self, uri: str) -> dict[str, int]:
@@ -272,12 +341,14 @@ class HFCritic:
         assert cfg.optim is not None
         seed_everything(cfg.seed)
         self.cfg = cfg = on_this_machine(cfg)
-        self.model = load_model(cfg, AutoModelForTokenClassification, num_labels=1)
+        model = load_on_cpu(cfg, AutoModelForTokenClassification, num_labels=1)
         # A zero head starts every value at 0, the mean return of a fresh GRPO-like task.
-        torch.nn.init.zeros_(self.model.score.weight)
-        if self.model.score.bias is not None:
-            torch.nn.init.zeros_(self.model.score.bias)
-        self.trainer = _Trainer(self.model, cfg.optim, cfg.micro_batch_size, cfg.device, cfg.seed)
+        torch.nn.init.zeros_(model.score.weight)
+        if model.score.bias is not None:
+            torch.nn.init.zeros_(model.score.bias)
+        self.model = place_model(model, model, cfg)
+        self.trainer = _Trainer(self.model, cfg.optim, cfg)
+        self.optimizer = self.trainer.optimizer
 
     def _values(self, mb: RolloutBatch) -> Tensor:
         out = self.model(
@@ -292,11 +363,13 @@ class HFCritic:
 
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> Tensor:
-        parts = []
-        for mb in micro_batches(batch, self.cfg.micro_batch_size, self.cfg.device):
+        values = torch.zeros(batch.response_mask.shape)
+        for rows, mb in micro_batches(batch, self.cfg):
             with autocast(self.cfg.device):
-                parts.append(self._values(mb).cpu())
-        return torch.cat(parts)
+                part = self._values(mb).cpu()
+            if rows is not None:
+                values[rows, : mb.response_length] = part
+        return values
 
     def _loss(self, mb: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         assert mb.values is not None and mb.returns is not None and self.cfg.optim is not None
