@@ -39,13 +39,6 @@ from distill_trainer.algorithm import (
     token_logprobs_from_hidden,
     value_loss,
 )
-from distill_trainer.checkpoint.state import (
-    capture_torch_rng,
-    export_pretrained,
-    read_role_state,
-    restore_torch_rng,
-    write_role_state,
-)
 from distill_trainer.batch import (
     RolloutBatch,
     balanced_shares,
@@ -54,6 +47,13 @@ from distill_trainer.batch import (
     prompt_lengths,
     sequence_lengths,
     trimmed,
+)
+from distill_trainer.checkpoint.state import (
+    capture_torch_rng,
+    export_pretrained,
+    read_role_state,
+    restore_torch_rng,
+    write_role_state,
 )
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles import fsdp
