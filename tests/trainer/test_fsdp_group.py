@@ -144,5 +144,7 @@ def test_demo_job_trains_with_two_actor_ranks(
     options = RunOptions(backend="ray", device="cpu", output_dir=tmp_path, progress=False)
     summary = run_job(job, options)
     assert summary.steps == 2 and summary.history[-1]["actor/grad_norm"] > 0
-    assert (tmp_path / "checkpoints" / "global_step_2" / "model.safetensors").is_file()
+    committed = tmp_path / "checkpoints" / "global_step_2"
+    assert (committed / "manifest.json").is_file()
+    assert (committed / "actor" / "model.safetensors").is_file()
     print(f"demo, 2 actor ranks: {summary.seconds:.1f} s for 2 steps")
