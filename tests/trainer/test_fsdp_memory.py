@@ -170,7 +170,7 @@ def test_in_process_actor_saves_a_loadable_model(
     """Saving gathers the full state dict (a plain model here) and names it as HF expects,
     activation-checkpoint wrappers and all."""
     actor = HFActor(_config(student_dir, gradient_checkpointing=True))
-    actor.save(str(tmp_path / "saved"))
+    actor.export_model(str(tmp_path / "saved"))
     reloaded = HFActor(dataclasses.replace(_config(student_dir), model=str(tmp_path / "saved")))
     torch.testing.assert_close(
         reloaded.compute_logprobs(batch).logprobs, actor.compute_logprobs(batch).logprobs
