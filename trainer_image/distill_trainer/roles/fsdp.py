@@ -21,13 +21,11 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
@@ -136,12 +134,6 @@ def full_named_tensors(model: nn.Module, dtype: torch.dtype | None) -> Iterator[
         if rank() == 0:
             yield name, full.to("cpu", dtype=dtype if full.is_floating_point() else None)
         del full
-
-
-def full_state_dict(model: nn.Module) -> dict[str, Any]:
-    """The whole model state dict on rank 0's CPU ({} elsewhere); plain modules too."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
