@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,18 @@ FLOOR_PART = {
 
 
 # ------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Timed:
+    """The steps of one run after the warm-up: {phase: seconds} (with "step"), response lengths."""
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    response_lengths: list[float] = field(default_factory=list)  # mean tokens per response
+
+    def extend(self, other: Timed) -> None:
+        self.steps += other.steps
+        self.response_lengths += other.response_lengths
 
 
 @dataclass(frozen=True)
@@ -148,8 +160,9 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def summarize(steps: Sequence[dict[str, float]], completions: int) -> dict[str, Any]:
-    """Phase table of timed steps (each a {phase: seconds} dict that includes "step")."""
+def summarize(timed: Timed, completions: int) -> dict[str, Any]:
+    """Phase table of a run's timed steps, its overhead and throughput."""
+    steps = timed.steps
     phases = sorted({name for step in steps for name in step} - {"step"})
     overhead = [step["step"] - sum(step.get(p, 0.0) for p in phases) for step in steps]
     step_median = statistics.median(step["step"] for step in steps)
@@ -159,13 +172,14 @@ def summarize(steps: Sequence[dict[str, float]], completions: int) -> dict[str, 
         "overhead_s": spread(overhead),
         "overhead_fraction": round(statistics.median(overhead) / step_median, 4),
         "completions_per_s": round(completions / step_median, 1),
+        "response_length_mean": round(statistics.mean(timed.response_lengths), 2),
     }
 
 
-def step_phases(history: Sequence[dict[str, float]], warmup: int) -> list[dict[str, float]]:
-    """{phase: seconds} of every step after the warm-up, from run_job's metrics history."""
+def step_phases(history: Sequence[dict[str, float]], warmup: int) -> Timed:
+    """Phase times and response lengths of the steps after the warm-up, from run_job's history."""
     steps = [m for m in history if "timing_s/step" in m][warmup:]
-    return [
+    phases = [
         {
             key.removeprefix("timing_s/"): value
             for key, value in m.items()
@@ -173,12 +187,13 @@ def step_phases(history: Sequence[dict[str, float]], warmup: int) -> list[dict[s
         }
         for m in steps
     ]
+    return Timed(phases, [m["response_length/mean"] for m in steps])
 
 
 # ----------------------------------------------------------------------------------- ours
 
 
-def run_ours(case: Case, backend: str, args: argparse.Namespace) -> list[dict[str, float]]:
+def run_ours(case: Case, backend: str, args: argparse.Namespace) -> Timed:
     """Train the job for warm-up + timed steps with our trainer; per-step phase times."""
     options = RunOptions(
         backend=backend,
@@ -241,8 +256,11 @@ def floor_update(
         optimizer.step()
 
 
-def floor_step(models: dict[str, Any], batch: dict[str, torch.Tensor], job: DistillJob) -> dict:
-    """The physical parts of one step, each timed: {part: seconds} plus "step"."""
+def floor_step(
+    models: dict[str, Any], batch: dict[str, torch.Tensor], job: DistillJob
+) -> tuple[dict[str, float], float]:
+    """The physical parts of one step, each timed ({part: seconds} plus "step"), and the mean
+    response length."""
     spec, tokenizer, student = job.spec, models["tokenizer"], models["student"]
     times: dict[str, float] = {}
     started = last = time.perf_counter()
@@ -277,7 +295,7 @@ def floor_step(models: dict[str, Any], batch: dict[str, torch.Tensor], job: Dist
     floor_update(student, models["optimizer"], out.clone(), mask, width, rows)
     lap("update")
     times["step"] = time.perf_counter() - started
-    return times
+    return times, mask[:, -width:].sum(1).float().mean().item()
 
 
 def load_floor_models(job: DistillJob) -> dict[str, Any]:
@@ -299,7 +317,7 @@ def load_floor_models(job: DistillJob) -> dict[str, Any]:
     return models
 
 
-def run_floor(case: Case, args: argparse.Namespace) -> list[dict[str, float]]:
+def run_floor(case: Case, args: argparse.Namespace) -> Timed:
     """The floor's per-step part times on the job's own prompt batches (after the warm-up)."""
     spec = case.job.spec
     torch.manual_seed(spec.training.seed)
@@ -308,12 +326,14 @@ def run_floor(case: Case, args: argparse.Namespace) -> list[dict[str, float]]:
     records = read_dataset(spec.data.train)
     prompts = encode_prompts(tokenizer, records, spec.rollout.max_prompt_length)
     batches = prompt_batches(prompts, spec.training.batch_size, spec.training.seed)
-    steps = []
-    for _ in range(args.warmup + args.steps):
+    timed = Timed()
+    for index in range(args.warmup + args.steps):
         _, chosen = next(batches)
         batch = tokenizer.pad({"input_ids": [p.token_ids for p in chosen]}, return_tensors="pt")
-        steps.append(floor_step(models, dict(batch), case.job))
-    return steps[args.warmup :]
+        times, length = floor_step(models, dict(batch), case.job)
+        if index >= args.warmup:
+            timed.extend(Timed([times], [length]))
+    return timed
 
 
 # ------------------------------------------------------------------------------------ report
@@ -362,20 +382,20 @@ def machine(threads: int) -> dict[str, Any]:
     }
 
 
-def measure(cases: Sequence[Case], args: argparse.Namespace) -> dict[str, list[dict]]:
+def measure(cases: Sequence[Case], args: argparse.Namespace) -> dict[str, Timed]:
     """Every (case, runner) --rounds times, the order reversed every other round; step lists."""
     runners = ["floor", *args.backends]
     plan = [(case, runner) for case in cases for runner in runners]
-    steps: dict[str, list[dict]] = {}
+    steps: dict[str, Timed] = {}
     for round_index in range(args.rounds):
         for case, runner in plan if round_index % 2 == 0 else plan[::-1]:
             print(f"round {round_index + 1}: {case.name} / {runner}", flush=True)
             timed = run_floor(case, args) if runner == "floor" else run_ours(case, runner, args)
-            steps.setdefault(f"{case.name}/{runner}", []).extend(timed)
+            steps.setdefault(f"{case.name}/{runner}", Timed()).extend(timed)
     return steps
 
 
-def report(steps: dict[str, list[dict]], cases: Sequence[Case]) -> dict[str, Any]:
+def report(steps: dict[str, Timed], cases: Sequence[Case]) -> dict[str, Any]:
     """Per-run summaries; ours also get floor_ratio and the per-phase cost beyond the floor."""
     completions = {case.name: completions_per_step(case.job) for case in cases}
     runs: dict[str, Any] = {}

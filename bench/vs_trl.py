@@ -170,9 +170,15 @@ def run_trl(cfg: dict[str, Any]) -> dict[str, Any]:
     marks = optimizer_step_ends(trainer)
     k = cfg["optimizer_steps"]
     steps = [marks[i + k] - marks[i] for i in range(0, len(marks) - k, k)][cfg["warmup"] :]
+    final = trainer.state.log_history[-1] if trainer.state.log_history else {}
     import trl
 
-    return {"trl": trl.__version__, "torch_threads": torch.get_num_threads(), "steps": steps}
+    return {
+        "trl": trl.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "steps": steps,
+        "response_length_mean": final.get("completions/mean_length"),  # over every step
+    }
 
 
 def trl_child(config_path: Path) -> None:
@@ -191,8 +197,10 @@ def ensure_trl(target: Path) -> Path:
     if marker.is_dir():
         return target
     target.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target"]
-    subprocess.run([*command, str(target), f"trl=={TRL_VERSION}"], check=True)
+    # A short timeout: offline, pip's default retries would stall for minutes before failing.
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--retries", "1"]
+    command += ["--timeout", "15", "--target", str(target), f"trl=={TRL_VERSION}"]
+    subprocess.run(command, check=True)
     if not marker.is_dir():
         raise RuntimeError(f"pip did not install trl {TRL_VERSION} into {target}")
     return target
@@ -246,6 +254,7 @@ def trl_summary(result: dict[str, Any], completions: int) -> dict[str, Any]:
     return {
         "step_s": step_bench.spread(steps),
         "completions_per_s": round(completions / statistics.median(steps), 1),
+        "response_length_mean": result["response_length_mean"],
         "torch_threads": result["torch_threads"],
     }
 

@@ -35,7 +35,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_script(script: str, *args: str) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / script), *TINY, *args],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
