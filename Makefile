@@ -79,9 +79,11 @@ lock:  ## Re-resolve requirements/*.in into requirements/lock.txt
 e2e: install  ## On a real cluster (kind + KubeRay): see docs/e2e.md
 	bash scripts/e2e.sh
 
-bench: install  ## Benchmarks; results land in bench/results/
+bench: install  ## Benchmarks (not part of make test; ~10 min on 2 cores); results in bench/results/
 	$(PY) bench/grader.py
 	$(PY) bench/operator.py
+	$(PY) bench/step.py
+	$(PY) bench/vs_trl.py
 
 clean:  ## Remove the venv, tools and outputs
 	rm -rf $(VENV) $(TOOLS) out .pytest_cache .cache
