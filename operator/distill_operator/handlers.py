@@ -66,6 +66,8 @@ WATCHED_CHILDREN = [
     ("apps", "v1", "deployments"),
     ("networking.k8s.io", "v1", "networkpolicies"),
 ]
+# Every owned kind, for the watches' server-side label selector.
+OWNED_KINDS = [(RAY_GROUP, RAY_VERSION, RAY_PLURAL), *WATCHED_CHILDREN]
 KUEUE_WORKLOADS = "workloads.kueue.x-k8s.io"  # whichever version the cluster's Kueue serves
 
 
@@ -115,8 +117,10 @@ def status_for_builders(status: Mapping[str, Any]) -> DistillJobStatus | None:
     phase = status.get("phase")
     if phase not in {p.value for p in JobPhase}:
         return None
-    last = status.get("lastCheckpoint")
-    checkpoint = CheckpointStatus.model_validate(last) if isinstance(last, dict) else None
+    try:  # an unreadable record (written by an older operator) only loses the resume point
+        checkpoint = CheckpointStatus.model_validate(status.get("lastCheckpoint"))
+    except ValidationError:
+        checkpoint = None
     return DistillJobStatus(
         phase=JobPhase(phase), reason=status.get("reason"), last_checkpoint=checkpoint
     )
@@ -291,7 +295,13 @@ def rayjob_status_changed(
     previous = distilljob.get("status") or {}
     report = phase_of(body)
     generation = distilljob["metadata"].get("generation")
-    delta = changed_fields(phase_status(report, previous, _now(), generation), previous)
+    fields = phase_status(report, previous, _now(), generation)
+    checkpoint = (distilljob.get("spec") or {}).get("checkpoint")
+    if report.phase == JobPhase.SUCCEEDED and checkpoint and not previous.get("finalModel"):
+        # The trainer exports the final model before it exits 0; its gauge saying so may come
+        # too late for the last progress scrape.
+        fields["finalModel"] = progress.final_model_uri(checkpoint["uri"])
+    delta = changed_fields(fields, previous)
     if not delta:
         return
     memo.kube.patch_distilljob_status(namespace, name, delta)
@@ -420,6 +430,10 @@ def distilljob_event(
         logger.info("Grader of %s/%s at %d replicas (%s)", namespace, name, replicas, reason)
 
 
+def _deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
 def _is_running(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") == JobPhase.RUNNING.value
 
@@ -444,7 +458,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         rayjob_status_changed
     )
     for group, version, plural in WATCHED_CHILDREN:
-        kopf.on.event(group, version, plural, id=f"{plural}_deleted", **owned)(child_deleted)
+        kopf.on.event(group, version, plural, id=f"{plural}_deleted", when=_deleted, **owned)(
+            child_deleted
+        )
     kopf.on.event(KUEUE_WORKLOADS, id="workload_admission", **on)(workload_admission)
 
 
