@@ -226,8 +226,9 @@ def test_operator_metrics_liveness_and_json_logs(cluster) -> None:
     cluster.kube.wait_for(
         lambda: operator.metric("distill_operator_jobs", phase="Pending") == pending()
     )
-    records = [json.loads(line) for line in operator.log_lines() if line.startswith("{")]
-    assert len(records) == len(operator.log_lines())
+    lines = operator.log_lines()  # read once: the operator keeps writing
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(records) == len(lines)
     created = next(r for r in records if r["message"].startswith("RayJob default/observed"))
     assert created["message"] == "RayJob default/observed created"
     assert created["k8s"]["name"] == "observed"  # the object a line is about, as JSON
@@ -295,13 +296,18 @@ def test_every_api_call_is_covered_by_rbac(cluster, trainer_metrics) -> None:
     cluster.delete_job("audited")
     cluster.kube.wait_for(lambda: not cluster.job("audited"))
 
-    # What the tests themselves do as a user (create/patch/delete DistillJobs, kubectl
-    # describe) and as KubeRay or Kueue (RayJob status and suspend).
+    # What the tests themselves do as a user (create/patch/delete DistillJobs, delete owned
+    # objects, kubectl describe) and as KubeRay or Kueue (RayJob status and suspend, Workloads).
     by_tests = {
         ("create", "distill.dev", "distilljobs"),
         ("delete", "distill.dev", "distilljobs"),
+        ("delete", "", "services"),
+        ("delete", "apps", "deployments"),
+        ("delete", "ray.io", "rayjobs"),
         ("list", "", "events"),
         ("patch", "ray.io", "rayjobs/status"),
+        ("create", "kueue.x-k8s.io", "workloads"),
+        ("patch", "kueue.x-k8s.io", "workloads/status"),
     }
     seen = {(r.verb, r.group, r.rbac_resource) for r in cluster.kube.requests}
     missing = {call for call in seen - by_tests if not rbac.allows(call[1], call[2], call[0])}
