@@ -176,8 +176,8 @@ def distilljob_event(
     if type == "DELETED":
         memo.graders.pop(uid, None)
         return
-    job = job_of(body)
-    if job is None:
+    job = job_of(body) if status.get("phase") else None
+    if job is None:  # before any phase the create handler builds the grader as it should be
         return
     replicas = grader_replicas(job)
     if memo.graders.get(uid) == replicas:
