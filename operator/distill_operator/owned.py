@@ -125,8 +125,13 @@ def child_deleted(
         return
     deleted = f"{body.get('kind', 'object')} {body['metadata']['name']}"
     resumed = ""
-    if any(c.startswith("RayJob ") for c in created) and job.status and job.status.last_checkpoint:
-        resumed = f"; training resumes from {job.status.last_checkpoint.uri}"
+    if any(c.startswith("RayJob ") for c in created):
+        last = job.status.last_checkpoint if job.status else None
+        resumed = (
+            f"; training resumes from {last.uri}"
+            if last
+            else "; no checkpoint recorded: training starts again from step 0"
+        )
     kopf.warn(
         distilljob,
         reason="ChildRestored",
