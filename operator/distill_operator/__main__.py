@@ -24,8 +24,9 @@ import prometheus_client
 
 from distill_operator import progress
 from distill_operator.apply import REQUEST_TIMEOUT_S, Kube, load_api_client
+from distill_operator.builders.labels import JOB_LABEL
 from distill_operator.builders.options import DEFAULT_OPTIONS, BuildOptions
-from distill_operator.handlers import OperatorConfig, new_memo, register
+from distill_operator.handlers import OWNED_KINDS, OperatorConfig, new_memo, register
 
 PREFIX = "distill.dev"
 
@@ -144,6 +145,10 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.posting.reporting_instance = (
         os.environ.get("POD_ID") or os.environ.get("HOSTNAME") or "distill-operator"
     )
+    # Owned children are watched only to notice deletions: the API server sends just the
+    # labelled ones (kopf's handler filters alone would stream every ConfigMap of the cluster).
+    for resource in OWNED_KINDS:
+        settings.watching.label_selectors[resource] = JOB_LABEL
     # Load balancers drop idle long-polls silently; a server-side timeout renews the watch.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

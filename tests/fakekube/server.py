@@ -35,6 +35,7 @@ class RequestRecord:
     subresource: str | None
     namespace: str | None
     name: str | None
+    label_selector: str | None = None
 
     @property
     def rbac_resource(self) -> str:
@@ -168,7 +169,13 @@ class FakeApiServer:
         res = target.resource
         self.records.append(
             RequestRecord(
-                verb, res.group, res.plural, target.subresource, target.namespace, target.name
+                verb,
+                res.group,
+                res.plural,
+                target.subresource,
+                target.namespace,
+                target.name,
+                request.query.get("labelSelector"),
             )
         )
         if request.query.get("dryRun"):

@@ -95,12 +95,19 @@ def test_rayjob_status_drives_the_phase_to_success(cluster, conditions) -> None:
     # kopf's finalizer, so that it can stop the progress timer before the job goes.
     cluster.kube.wait_for(lambda: finalizers(cluster, "lifecycle") == [FINALIZER])
 
+    # The Ray job is done but KubeRay waits for the submitter: not Succeeded yet.
+    cluster.kuberay_reports("lifecycle", jobDeploymentStatus="Running", jobStatus="SUCCEEDED")
+    cluster.wait_job(
+        "lifecycle", lambda s: conditions(s, "Running").get("reason") == "WaitingForSubmitter"
+    )
+    assert cluster.job("lifecycle")["status"]["phase"] == "Running"
     cluster.kuberay_reports("lifecycle", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
     done = cluster.wait_phase("lifecycle", "Succeeded")
     assert conditions(done, "Succeeded")["status"] == "True"
     assert conditions(done, "Running")["status"] == "False"
     assert done["completionTime"] >= done["startTime"]
     assert done["startTime"] == running["startTime"]
+    assert done["finalModel"] == "s3://distill-checkpoints/math-distill/final/"
     assert cluster.wait_event("lifecycle", "Succeeded")["type"] == "Normal"
     # No timer for a finished job, so no finalizer; and its grader is scaled to zero.
     cluster.kube.wait_for(lambda: finalizers(cluster, "lifecycle") == [])
@@ -219,8 +226,9 @@ def test_operator_metrics_liveness_and_json_logs(cluster) -> None:
     cluster.kube.wait_for(
         lambda: operator.metric("distill_operator_jobs", phase="Pending") == pending()
     )
-    records = [json.loads(line) for line in operator.log_lines() if line.startswith("{")]
-    assert len(records) == len(operator.log_lines())
+    lines = operator.log_lines()  # read once: the operator keeps writing
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(records) == len(lines)
     created = next(r for r in records if r["message"].startswith("RayJob default/observed"))
     assert created["message"] == "RayJob default/observed created"
     assert created["k8s"]["name"] == "observed"  # the object a line is about, as JSON
@@ -288,14 +296,30 @@ def test_every_api_call_is_covered_by_rbac(cluster, trainer_metrics) -> None:
     cluster.delete_job("audited")
     cluster.kube.wait_for(lambda: not cluster.job("audited"))
 
-    # What the tests themselves do as a user (create/patch/delete DistillJobs, kubectl
-    # describe) and as KubeRay or Kueue (RayJob status and suspend).
+    # What the tests themselves do as a user (create/patch/delete DistillJobs, delete owned
+    # objects, kubectl describe) and as KubeRay or Kueue (RayJob status and suspend, Workloads).
     by_tests = {
         ("create", "distill.dev", "distilljobs"),
         ("delete", "distill.dev", "distilljobs"),
+        ("delete", "", "services"),
+        ("delete", "apps", "deployments"),
+        ("delete", "ray.io", "rayjobs"),
         ("list", "", "events"),
         ("patch", "ray.io", "rayjobs/status"),
+        ("create", "kueue.x-k8s.io", "workloads"),
+        ("patch", "kueue.x-k8s.io", "workloads/status"),
     }
     seen = {(r.verb, r.group, r.rbac_resource) for r in cluster.kube.requests}
     missing = {call for call in seen - by_tests if not rbac.allows(call[1], call[2], call[0])}
     assert not missing, f"calls not in rbac.REQUIRED_PERMISSIONS: {sorted(missing)}"
+    # The children are watched to notice deletions, filtered by the API server, not by kopf.
+    selectors = {
+        (r.resource, r.label_selector)
+        for r in cluster.kube.requests
+        if r.verb in ("list", "watch") and r.resource in {"configmaps", "services", "rayjobs"}
+    }
+    assert selectors == {
+        ("configmaps", "distill.dev/job"),
+        ("services", "distill.dev/job"),
+        ("rayjobs", "distill.dev/job"),
+    }
