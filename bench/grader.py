@@ -100,12 +100,16 @@ def make_batch(seed: int, size: int, samples: int = 8) -> list[GradeRequestItem]
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far."""
+    """User + system CPU time of these processes and of their reaped children so far.
+
+    Children count too: a grading worker killed at a deadline or preempted is reaped by the
+    forkserver, whose ``cutime`` then holds the CPU time the worker spent.
+    """
     total = 0
     for pid in pids:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime (14-17)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -149,18 +153,21 @@ def bench_pool(batches: list[list[GradeRequestItem]], workers: int) -> dict[str,
     with GradingPool(workers=workers, item_timeout_s=10.0) as pool:
         assert pool.wait_ready(120), "grading workers did not start"
         pool.grade([(i.response, i.ground_truth) for i in batches[0]])  # warm the workers
-        pids = [os.getpid(), *(state.pid for state in pool.worker_states())]
         for batch in batches[1:]:
+            pids = _process_tree(os.getpid())  # this process, the forkserver and the workers
             cpu, start = _cpu_seconds(pids), time.perf_counter()
             results = pool.grade([(i.response, i.ground_truth) for i in batch])
             batch_s.append(time.perf_counter() - start)
             cpu_s.append(_cpu_seconds(pids) - cpu)
             item_s += [r.seconds for r in results if r.seconds is not None]
             reasons.update(r.verdict.reason.value for r in results)
+        restarts, preemptions = pool.restarts, pool.preemptions
     return {
         **_summary(batch_s, cpu_s, len(batches[0]), workers),
         "item_seconds_in_worker": _percentiles(item_s, digits=6),
         "reasons": dict(reasons),
+        "worker_restarts": restarts,  # deadline kills and preemptions (none expected here)
+        "preemptions": preemptions,
     }
 
 
@@ -177,17 +184,30 @@ def bench_http(batches: list[list[GradeRequestItem]], workers: int) -> dict[str,
         batch_s, cpu_s = [], []
         with HttpGraderClient(url, item_timeout_s=10.0) as client:
             client.grade(batches[0])  # warm the workers
-            pids = [os.getpid(), *_process_tree(server.pid)]  # client, service, workers
             for batch in batches[1:]:
+                # client, service, forkserver, workers (replacements are new processes)
+                pids = [os.getpid(), *_process_tree(server.pid)]
                 cpu, start = _cpu_seconds(pids), time.perf_counter()
                 client.grade(batch)
                 batch_s.append(time.perf_counter() - start)
                 cpu_s.append(_cpu_seconds(pids) - cpu)
+        restarts = _counter(url, "grader_pool_restarts_total")
     finally:
         server.terminate()
         server.wait(30)
     summary = _summary(batch_s, cpu_s, len(batches[0]), workers)
-    return {**summary, "client": {"max_batch": client.max_batch, "concurrency": client.concurrency}}
+    client_settings = {"max_batch": client.max_batch, "concurrency": client.concurrency}
+    # The client's concurrent requests share the pool fairly; on a loaded machine an item that
+    # runs past preempt_after_s while another request waits is preempted (counted here).
+    return {**summary, "client": client_settings, "worker_restarts": restarts}
+
+
+def _counter(url: str, name: str) -> float:
+    """The value of an unlabelled-but-for-distilljob counter on the service's /metrics."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
 
 
 def _wait_ready(url: str, server: subprocess.Popen, deadline_s: float = 120.0) -> None:

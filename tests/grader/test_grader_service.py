@@ -188,8 +188,9 @@ def test_items_are_counted_per_data_source(grader_server: str, client: HttpGrade
     )
 
 
-def test_a_bad_data_source_is_refused_naming_the_field(grader_server: str) -> None:
-    body = {"items": [{"id": "a", "response": "1", "ground_truth": "1", "data_source": ""}]}
+@pytest.mark.parametrize("source", ["", "x" * 257])
+def test_a_bad_data_source_is_refused_naming_the_field(grader_server: str, source: str) -> None:
+    body = {"items": [{"id": "a", "response": "1", "ground_truth": "1", "data_source": source}]}
     response = _post(grader_server, json.dumps(body).encode())
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "items", 0, "data_source"]

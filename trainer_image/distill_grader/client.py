@@ -8,7 +8,8 @@
 threads at once, each on a fresh TCP connection: kube-proxy balances connections, not requests,
 so one kept-alive connection would pin a whole training step to one grader pod. Each request may
 take ``base_timeout_s + ceil(items / server_workers) * item_timeout_s``: the service gives every
-item ``item_timeout_s``, so that bound holds even if every item runs into its deadline.
+item ``item_timeout_s``, so that bound holds even if every item runs into its deadline (and the
+service answers a request by its ``request_timeout_s`` anyway, the rest of its items ``timeout``).
 Connection errors and 5xx answers (a grader pod restarting or being replaced) are retried with
 capped exponential backoff and jitter for up to ``retry_budget_s`` after a request's first failure.
 A 4xx answer, or a read timeout past that generous bound (a hung server), raises ``GraderError``

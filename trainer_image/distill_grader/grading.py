@@ -260,6 +260,11 @@ GRADING_RULES: dict[str, Callable[[str, str], Verdict]] = {}
 
 
 def warm_up() -> None:
-    """Build math-verify's parsers once so a fresh worker's first item is not slow."""
+    """Build math-verify's parsers and sympy's first-use state (numeric evaluation, polynomial
+    expansion, tuples) once, so that a fresh worker's first such item is not slow (~0.5 s)."""
     grade_answer("so \\boxed{\\dfrac{1}{2}}", "0.5")
     grade_answer("The answer is $x^2+1$.", "1+x^2")
+    grade_answer("\\boxed{\\pi}", "3.14")
+    grade_answer("\\boxed{y^2+2y+1}", "(y+1)^2")
+    grade_answer("\\boxed{(1, \\frac{1}{2})}", "(1, 0.5)")
+    grade_answer("\\boxed{\\log_2 8}", "3")

@@ -7,15 +7,16 @@ a chunk from the batch that holds the fewest workers (the oldest on a tie), so c
 requests interleave. Each worker publishes, in shared memory, which item of its chunk it is on
 and since when, and reads a "yield" flag there between items.
 
-- Deadline: the dispatcher kills a worker whose current item has run past ``item_timeout_s``
-  (time spent before a preemption counts), marks that item ``timeout``, puts the unanswered rest
+- Deadline: the dispatcher kills a worker whose current item has run past ``item_timeout_s``,
+  marks that item ``timeout``, puts the unanswered rest
   of its chunk back at the head of its batch's queue and starts a replacement. A worker that
   dies on its own (a crash, the OOM killer) costs its current item a ``parse_error`` the same way.
 - Fairness: when a batch has items waiting and no worker while every worker is busy, the worker
   of the batch holding the most workers is asked to yield after its current item. If the waiting
   batch has waited ``preempt_after_s`` and that item has run as long (and was never preempted),
-  the worker is killed and the item goes back to its queue, keeping the time it ran. So a 1-item
-  request waits about ``preempt_after_s`` behind a batch of slow items, not an item deadline.
+  the worker is killed and the item goes back to its queue, for a fresh run with a full deadline
+  (a hung item so costs at most ``preempt_after_s`` more). So a 1-item request waits about
+  ``preempt_after_s`` behind a batch of slow items, not an item deadline.
 - Budget: a batch still unfinished ``request_timeout_s`` after it was submitted gets ``timeout``
   for all its remaining items; its workers are reclaimed the same way.
 
@@ -98,7 +99,6 @@ class _Batch:
     retry: deque[list[int]] = field(default_factory=deque)
     chunk: int = 1  # items per chunk
     holders: int = 0  # workers grading a chunk of this batch now
-    spent: dict[int, float] = field(default_factory=dict)  # seconds run before a preemption
     preempted: set[int] = field(default_factory=set)  # preempted once: never again
     starved_since: float | None = None  # since when it has had work waiting and no worker
 
@@ -415,7 +415,6 @@ class GradingPool:
             worker.answered.add(position)
             index = chunk.indices[position]
             verdict = Verdict(score, Reason(reason), extracted)
-            seconds += chunk.batch.spent.get(index, 0.0)
             self._set_result(chunk.batch, index, PoolResult(verdict, seconds))
         if len(worker.answered) == len(chunk.indices):
             self._release(worker)
@@ -435,13 +434,13 @@ class GradingPool:
             _settle(batch.future, result=batch.results)
 
     def _current(self, worker: _Worker) -> tuple[int, float] | None:
-        """(batch position, seconds it has run in all) of the worker's current item, if any."""
+        """(batch position, seconds it has run) of the worker's current item, if any."""
         chunk, start = worker.chunk, worker.clock[1]
         position = int(worker.clock[0])
         if chunk is None or not start or position >= len(chunk.indices):
             return None
         index = chunk.indices[position]
-        return index, time.monotonic() - start + chunk.batch.spent.get(index, 0.0)
+        return index, time.monotonic() - start
 
     def _enforce_deadlines(self) -> None:
         for worker in list(self._slots):
@@ -538,7 +537,7 @@ class GradingPool:
 
     def _current_after_kill(self, worker: _Worker, reason: Reason | None) -> int | None:
         """Settle the killed worker's current item (``reason``; None: preempted, it is retried
-        and keeps the time it ran); return its chunk position (None if between items)."""
+        once more); return its chunk position (None if between items)."""
         chunk, answered = worker.chunk, worker.answered or set()
         assert chunk is not None
         position, start = int(worker.clock[0]), worker.clock[1]
@@ -546,9 +545,8 @@ class GradingPool:
             return None
         index = chunk.indices[position]
         batch = chunk.batch
-        ran = time.monotonic() - start + batch.spent.get(index, 0.0)
+        ran = time.monotonic() - start
         if reason is None:
-            batch.spent[index] = ran
             batch.preempted.add(index)
         elif reason is not Reason.TIMEOUT or ran > self._timeout:
             verdict = Verdict(0.0, reason, _safe_extract(batch.items[index][0]))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The data_source of items that name none; any source without a rule of its own is graded as math.
 DEFAULT_SOURCE = "math"
+MAX_SOURCE_CHARS = 256
 
 
 class Reason(StrEnum):
@@ -56,7 +57,7 @@ class GradeRequestItem(BaseModel):
     data_source: str = Field(
         DEFAULT_SOURCE,
         min_length=1,
-        max_length=128,
+        max_length=MAX_SOURCE_CHARS,
         description="The dataset row's data_source: picks the grading rule, labels the metrics.",
     )
 

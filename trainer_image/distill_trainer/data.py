@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill_grader.extract import last_boxed
+from distill_grader.schema import MAX_SOURCE_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,11 @@ def row_to_record(row: dict[str, Any], uri: str = "<rows>", index: int = 0) -> P
     if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
         raise ValueError(f"{where}: column 'reward_model' lacks 'ground_truth'")
     data_source = row.get("data_source")
-    if not isinstance(data_source, str) or not data_source:
-        raise ValueError(f"{where}: column 'data_source' must be a non-empty string")
+    if not isinstance(data_source, str) or not 0 < len(data_source) <= MAX_SOURCE_CHARS:
+        raise ValueError(  # the grader takes at most MAX_SOURCE_CHARS: refused here, not mid-run
+            f"{where}: column 'data_source' must be a non-empty string of at most "
+            f"{MAX_SOURCE_CHARS} characters"
+        )
     return PromptRecord(
         messages=[{"role": str(m["role"]), "content": str(m["content"])} for m in prompt],
         ground_truth=str(reward_model["ground_truth"]),
