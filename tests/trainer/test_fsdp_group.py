@@ -141,7 +141,9 @@ def test_demo_job_trains_with_two_actor_ranks(
     ]
     job = load_document(repo_root / "examples" / "demo-distill.yaml", overrides)
     assert job.spec.resources.actor.replicas == 2
-    options = RunOptions(backend="ray", device="cpu", output_dir=tmp_path, progress=False)
+    options = RunOptions(
+        backend="ray", device="cpu", output_dir=tmp_path, progress=False, val_before_train=False
+    )
     summary = run_job(job, options)
     assert summary.steps == 2 and summary.history[-1]["actor/grad_norm"] > 0
     assert (tmp_path / "checkpoints" / "global_step_2" / "model.safetensors").is_file()
