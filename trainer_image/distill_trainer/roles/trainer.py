@@ -88,10 +88,13 @@ def micro_batches(
             cfg.micro_batch_size,
             cfg.max_tokens_per_micro_batch,
         )
+    # Agreed before the first forward: a collective between two ranks' forwards would pair
+    # with the other rank's all-gather.
+    count = fsdp.max_over_ranks(len(groups))
     for rows in groups:
         index = torch.tensor(rows, dtype=torch.long)
         yield index, trimmed(batch.select(index)).to(cfg.device)
-    for _ in range(fsdp.max_over_ranks(len(groups)) - len(groups)):
+    for _ in range(count - len(groups)):
         yield None, filler_batch(batch).to(cfg.device)
 
 
