@@ -15,7 +15,6 @@ equal the loss over the whole mini-batch.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -49,7 +48,6 @@ from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.models import (
     autocast,
-    load_model,
     load_tokenizer,
     on_this_machine,
     seed_everything,
@@ -59,17 +57,21 @@ log = logging.getLogger(__name__)
 
 
 def place_model(model: Any, hf_model: PreTrainedModel, cfg: RoleConfig) -> Any:
-    """The loaded (CPU) model on the role's device: frozen roles in bf16 on CUDA, activation
-    checkpointing when asked, FSDP2 shards when the worker is in a process group."""
-    if cfg.device == "cuda" and not cfg.train:
-        model = model.to(torch.bfloat16)
+    """The loaded (CPU) model on the role's device: activation checkpointing when asked, FSDP2
+    shards when the worker is in a process group."""
     layers = hf_model.base_model.layers  # the decoder blocks: one FSDP unit each
     return fsdp.shard_model(model, layers, cfg.device, cfg.train, cfg.gradient_checkpointing)
 
 
 def load_on_cpu(cfg: RoleConfig, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
-    """Loaded on the CPU first: sharding then moves only this rank's shard to the GPU."""
-    return load_model(dataclasses.replace(cfg, device="cpu"), auto_class, **kwargs)
+    """`load_model`'s dtype (bf16 for frozen roles on CUDA) and mode, but loaded on the CPU:
+    sharding then moves only this rank's shard to the GPU."""
+    dtype = torch.float32 if cfg.train or cfg.device == "cpu" else torch.bfloat16
+    model = auto_class.from_pretrained(cfg.model, dtype=dtype, **kwargs)
+    model.eval()  # no dropout: logprobs must be reproducible
+    if not cfg.train:
+        model.requires_grad_(False)
+    return model
 
 
 def micro_batches(
