@@ -33,16 +33,17 @@ PROMPTS = ["What is 1 + 2?", "What is 3 + 3?", "What is 9 + 0?", "What is 4 + 4?
 
 
 def _config(model_dir: Path) -> ActorConfig:
-    # Two optimizer steps (8 of 16 rows each); a budget of 150 tokens makes several micro-batches
-    # per rank, so ranks run filler micro-batches whenever their counts differ.
-    optim = OptimConfig(1e-3, 1, 8, 1.0, "token-mean")
+    # Mini-batches of 5, 5, 5 and 1 of the 16 rows; a 40-token budget holds one ~30-token row, so
+    # a rank with 2 rows of a 5-row mini-batch runs a filler while the other runs its third row,
+    # and the 1-row mini-batch leaves one rank with no rows at all (fillers only).
+    optim = OptimConfig(1e-3, 1, 5, 1.0, "token-mean")
     return ActorConfig(
         model=str(model_dir),
         device="cpu",
         seed=0,
         temperature=1.0,
         micro_batch_size=16,
-        max_tokens_per_micro_batch=150,
+        max_tokens_per_micro_batch=40,
         gradient_checkpointing=True,
         logprob_chunk_tokens=16,
         train=True,
@@ -141,7 +142,9 @@ def test_demo_job_trains_with_two_actor_ranks(
     ]
     job = load_document(repo_root / "examples" / "demo-distill.yaml", overrides)
     assert job.spec.resources.actor.replicas == 2
-    options = RunOptions(backend="ray", device="cpu", output_dir=tmp_path, progress=False)
+    options = RunOptions(
+        backend="ray", device="cpu", output_dir=tmp_path, progress=False, val_before_train=False
+    )
     summary = run_job(job, options)
     assert summary.steps == 2 and summary.history[-1]["actor/grad_norm"] > 0
     committed = tmp_path / "checkpoints" / "global_step_2"

@@ -547,6 +547,7 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_rows: in
 def _chunk_logprobs_entropy(
     h: Tensor, ids: Tensor, head: Callable[[Tensor], Tensor], temperature: float, entropy: bool
 ) -> tuple[Tensor, Tensor]:
+    # One float32 copy of the chunk's logits serves both (the two helpers above would make two).
     z = _scaled(head(h), temperature)
     logprobs = z.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
     if not entropy:

@@ -185,11 +185,6 @@ def trimmed(batch: RolloutBatch) -> RolloutBatch:
     return RolloutBatch(**picked)
 
 
-def pad_columns(tokens: Tensor, width: int) -> Tensor:
-    """[n, r] per-token values right-padded with 0.0 to [n, width]."""
-    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=0.0)
-
-
 def filler_batch(batch: RolloutBatch) -> RolloutBatch:
     """One row of `batch`'s fields shaped [1, 2] / [1, 1]: what a rank runs, with weight 0, when
     it has fewer micro-batches than another rank (sharded forwards are collectives: every rank
@@ -201,11 +196,7 @@ def filler_batch(batch: RolloutBatch) -> RolloutBatch:
             value = torch.tensor([[0, 1]]) if f.name == "position_ids" else torch.ones(1, 2)
             value = value.long()
         elif value is not None:
-            shape = (1, 1) if value.dim() == 2 else (1,)
-            value = (
-                torch.ones(shape, dtype=value.dtype)
-                if f.name == "response_mask"
-                else (torch.zeros(shape, dtype=value.dtype))
-            )
+            fill = 1 if f.name == "response_mask" else 0
+            value = torch.full((1, 1) if value.dim() == 2 else (1,), fill, dtype=value.dtype)
         picked[f.name] = value
     return RolloutBatch(**picked)

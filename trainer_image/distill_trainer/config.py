@@ -30,7 +30,12 @@ class RunOptions(BaseModel):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
     )
-    micro_batch_size: int = Field(16, ge=1, description="Rows per forward/backward pass.")
+    micro_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Most rows per forward/backward pass (training.maxTokensPerMicroBatch caps "
+        "their tokens).",
+    )
     generate_batch_size: int | None = Field(
         None, ge=1, description="Prompts per generate call (default: all of a step's prompts)."
     )

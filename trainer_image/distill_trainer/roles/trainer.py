@@ -15,7 +15,6 @@ equal the loss over the whole mini-batch.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -60,7 +59,6 @@ from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.models import (
     autocast,
-    load_model,
     load_tokenizer,
     on_this_machine,
     seed_everything,
@@ -73,17 +71,21 @@ FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def place_model(model: Any, hf_model: PreTrainedModel, cfg: RoleConfig) -> Any:
-    """The loaded (CPU) model on the role's device: frozen roles in bf16 on CUDA, activation
-    checkpointing when asked, FSDP2 shards when the worker is in a process group."""
-    if cfg.device == "cuda" and not cfg.train:
-        model = model.to(torch.bfloat16)
+    """The loaded (CPU) model on the role's device: activation checkpointing when asked, FSDP2
+    shards when the worker is in a process group."""
     layers = hf_model.base_model.layers  # the decoder blocks: one FSDP unit each
     return fsdp.shard_model(model, layers, cfg.device, cfg.train, cfg.gradient_checkpointing)
 
 
 def load_on_cpu(cfg: RoleConfig, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
-    """Loaded on the CPU first: sharding then moves only this rank's shard to the GPU."""
-    return load_model(dataclasses.replace(cfg, device="cpu"), auto_class, **kwargs)
+    """`load_model`'s dtype (bf16 for frozen roles on CUDA) and mode, but loaded on the CPU:
+    sharding then moves only this rank's shard to the GPU."""
+    dtype = torch.float32 if cfg.train or cfg.device == "cpu" else torch.bfloat16
+    model = auto_class.from_pretrained(cfg.model, dtype=dtype, **kwargs)
+    model.eval()  # no dropout: logprobs must be reproducible
+    if not cfg.train:
+        model.requires_grad_(False)
+    return model
 
 
 def micro_batches(
@@ -102,10 +104,13 @@ def micro_batches(
             cfg.micro_batch_size,
             cfg.max_tokens_per_micro_batch,
         )
+    # Agreed before the first forward: a collective between two ranks' forwards would pair
+    # with the other rank's all-gather.
+    count = fsdp.max_over_ranks(len(groups))
     for rows in groups:
         index = torch.tensor(rows, dtype=torch.long)
         yield index, trimmed(batch.select(index)).to(cfg.device)
-    for _ in range(fsdp.max_over_ranks(len(groups)) - len(groups)):
+    for _ in range(count - len(groups)):
         yield None, filler_batch(batch).to(cfg.device)
 
 
