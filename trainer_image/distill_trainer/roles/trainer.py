@@ -25,6 +25,8 @@ from distill_trainer.algorithm import (
     LossAgg,
     agg_loss,
     entropy_from_logits,
+    kl_loss,
+    lr_factor,
     ppo_policy_loss,
     token_logprobs_from_logits,
     value_loss,
@@ -33,6 +35,7 @@ from distill_trainer.batch import RolloutBatch
 from distill_trainer.checkpoint import CheckpointWriter
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
+from distill_trainer.roles.lora import apply_lora, lora_scaling, merged_named_tensors
 from distill_trainer.roles.models import (
     autocast,
     load_model,
@@ -118,6 +121,18 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
+        # One scheduler step per run() (per training step, as verl); its state sits beside the
+        # optimizer's for checkpoints.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(
+                step,
+                optim.total_steps,
+                optim.lr_warmup_steps,
+                optim.lr_schedule,
+                optim.min_lr_ratio,
+            ),
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0  # run() calls so far: the version of the weights it leaves behind
 
@@ -149,7 +164,8 @@ class _Trainer:
             steps += 1
         self.updates += 1
         metrics = {key: value / max(steps, 1) for key, value in sums.items()}
-        metrics[f"{prefix}/lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics[f"{prefix}/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.scheduler.step()
         return metrics
 
 
@@ -162,6 +178,8 @@ class HFActor:
         self.cfg = cfg = on_this_machine(cfg)
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_model(cfg)
+        if cfg.lora is not None:
+            self.model = apply_lora(self.model, cfg.lora)  # freezes all but the adapters
         self.trainer = _Trainer(self.model, cfg.optim, cfg.micro_batch_size, cfg.device, cfg.seed)
         self.checkpoints: CheckpointWriter | None = None
 
@@ -202,17 +220,48 @@ class HFActor:
             loss = loss - cfg.entropy_coeff * agg_loss(
                 entropy, mb.response_mask, cfg.optim.loss_agg
             )
+        if cfg.kl_loss is not None:
+            assert mb.teacher_logprobs is not None, "klLoss needs the teacher's logprobs"
+            kl, kl_metrics = kl_loss(
+                logprobs,
+                mb.teacher_logprobs,
+                mb.response_mask,
+                cfg.kl_loss.estimator,
+                cfg.optim.loss_agg,
+            )
+            loss = loss + cfg.kl_loss.coef * kl
+            metrics.update(kl_metrics)
         return loss, metrics
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        return self.trainer.run(batch, self._loss, "actor")
+        lora_dropout = self.cfg.lora is not None and self.cfg.lora.dropout > 0
+        if lora_dropout:
+            self.model.train()  # dropout only while updating; logprobs stay deterministic
+        try:
+            return self.trainer.run(batch, self._loss, "actor")
+        finally:
+            self.model.eval()
+
+    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """The student's weights under the base model's names; LoRA adapters merged in."""
+        named = ((name, t.detach()) for name, t in self.model.state_dict().items())
+        if self.cfg.lora is None:
+            return named
+        return merged_named_tensors(named, lora_scaling(self.cfg.lora))
 
     def get_weights(self) -> Weights:
-        named = ((name, t.detach()) for name, t in self.model.state_dict().items())
-        return Weights(version=self.trainer.updates, buckets=bucketed(named))
+        return Weights(version=self.trainer.updates, buckets=bucketed(self.named_weights()))
 
     def save(self, path: str) -> None:
+        """The checkpoint: the whole student, or under LoRA only its adapters (peft's
+        adapter_config.json + adapter_model.safetensors, loadable onto student.model)."""
         self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def save_merged(self, path: str) -> None:
+        """The student as a plain model (adapters merged in under LoRA): the final export."""
+        model = self.model.get_base_model() if self.cfg.lora is not None else self.model
+        model.save_pretrained(path, state_dict=dict(self.named_weights()))
         self.tokenizer.save_pretrained(path)
 
     def save_checkpoint(self, root: Path, step: int, keep: int, state: dict[str, Any]) -> Path:
