@@ -80,6 +80,10 @@ def kubernetes_schema(path: str, description: str | None) -> dict[str, Any]:
     return schema
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def to_structural(node: Any, defs: dict[str, Any]) -> Any:
     """Translate one pydantic JSON-Schema node into a Kubernetes structural schema node."""
     if isinstance(node, list):
@@ -102,9 +106,10 @@ def to_structural(node: Any, defs: dict[str, Any]) -> Any:
         node = {**inner, **node, **_merge_validations(inner, node)}
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if isinstance(node.get("exclusiveMinimum"), int | float):
+    # Not bool (an int subclass): a node reached twice (a $ref under anyOf) is already translated.
+    if _number(node.get("exclusiveMinimum")):
         node["minimum"], node["exclusiveMinimum"] = node["exclusiveMinimum"], True
-    if isinstance(node.get("exclusiveMaximum"), int | float):
+    if _number(node.get("exclusiveMaximum")):
         node["maximum"], node["exclusiveMaximum"] = node["exclusiveMaximum"], True
     if node.get("default", ...) is None:
         del node["default"]

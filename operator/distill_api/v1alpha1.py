@@ -82,12 +82,41 @@ class AdvEstimator(StrEnum):
     GRPO = "grpo"
     GAE = "gae"
     GRPO_PER_STEP = "grpo_per_step"
+    NONE = "none"  # reward-free: the advantage is the teacher's per-token KL term alone
+
+
+# Estimators that need a group of responses per prompt for their baseline.
+GROUP_ESTIMATORS = (AdvEstimator.GRPO, AdvEstimator.GRPO_PER_STEP)
 
 
 class KlEstimator(StrEnum):
+    """Per-token KL in the advantage. Only k1 is accepted: k3 and abs stay named so that asking for
+    them gets the reason (their policy gradient is not the KL's) instead of an unknown value."""
+
     K1 = "k1"
     K3 = "k3"
     ABS = "abs"
+
+
+KL_ESTIMATOR_REFUSAL = (
+    "only k1 is accepted in the advantage: a per-token term k in the advantage moves the policy "
+    "by E[∇log π · k], which is the gradient of KL(π_s ‖ π_t) for k1 only (for k3 it is not, and "
+    "can point the other way); for a low-variance KL term use algorithm.klLoss "
+    "(estimator low_var_kl), which is differentiated as a loss"
+)
+
+
+class KlLossEstimator(StrEnum):
+    """The KL loss's estimator, as verl's kl_loss_type names them."""
+
+    LOW_VAR_KL = "low_var_kl"  # k3 = exp(t − s) − (t − s) − 1: gradient of KL(π_t ‖ π_s)
+    K1 = "k1"  # s − t: zero gradient in expectation on-policy
+    K2 = "k2"  # ½(s − t)²: gradient of KL(π_s ‖ π_t)
+
+
+class LrSchedule(StrEnum):
+    CONSTANT = "constant"
+    COSINE = "cosine"
 
 
 class JobPhase(StrEnum):
@@ -105,6 +134,37 @@ class ModelRef(ApiModel):
     )
 
 
+class LoraConfig(ApiModel):
+    """LoRA adapters on the student (peft): only they train; the engine gets merged weights."""
+
+    rank: int = Field(16, ge=1, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha/rank.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description="Module names to adapt (e.g. [q_proj, v_proj]), or [all-linear]: every "
+        "linear layer but the output head.",
+    )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the adapters' input, during updates only."
+    )
+
+
+class StudentRef(ModelRef):
+    lora: LoraConfig | None = Field(
+        None, description="Train LoRA adapters instead of all weights (unset: full fine-tuning)."
+    )
+
+
+class KlLoss(ApiModel):
+    """A KL(student ‖ teacher) term in the policy loss, differentiated through the student."""
+
+    coef: float = Field(0.001, gt=0, description="Weight of the KL loss beside the PPO loss.")
+    estimator: KlLossEstimator = Field(
+        KlLossEstimator.LOW_VAR_KL, description="Per-token estimator: low_var_kl, k1 or k2."
+    )
+
+
 class Algorithm(ApiModel):
     """What is optimised: base advantage, then the teacher's per-token reverse KL."""
 
@@ -112,17 +172,32 @@ class Algorithm(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "self.advEstimator == 'gae' || self.rolloutN >= 2",
+                    "self.advEstimator in ['gae', 'none'] || self.rolloutN >= 2",
                     "rolloutN must be at least 2 for group-relative estimators "
                     "(grpo, grpo_per_step)",
                     ".rolloutN",
-                )
+                ),
+                _cel(
+                    "self.klEstimator == 'k1'",
+                    f"klEstimator: {KL_ESTIMATOR_REFUSAL}",
+                    ".klEstimator",
+                ),
+                _cel(
+                    "self.advEstimator != 'none' || "
+                    "(self.useKlInAdvantage && self.klPenaltyCoef > 0.0)",
+                    "advEstimator none needs useKlInAdvantage: true and klPenaltyCoef > 0 "
+                    "(the teacher's KL is its whole advantage)",
+                    ".advEstimator",
+                ),
             ]
         }
     )
 
     adv_estimator: AdvEstimator = Field(
-        AdvEstimator.GRPO, description="Base advantage estimator: grpo, gae or grpo_per_step."
+        AdvEstimator.GRPO,
+        description="Base advantage estimator: grpo, gae, grpo_per_step, or none (reward-free "
+        "distillation: the advantage is −klPenaltyCoef·(log π_s − log π_t) alone; the grader "
+        "only measures).",
     )
     use_kl_in_advantage: bool = Field(
         True,
@@ -131,7 +206,9 @@ class Algorithm(ApiModel):
     )
     kl_penalty_coef: float = Field(0.1, ge=0, description="α in A − α·(log π_s − log π_t).")
     kl_estimator: KlEstimator = Field(
-        KlEstimator.K1, description="Per-token KL estimator: k1 (s − t), k3, or abs."
+        KlEstimator.K1,
+        description="Per-token KL estimator in the advantage: k1 (s − t) only; for k3 "
+        "(low_var_kl) use klLoss.",
     )
     rollout_n: int = Field(16, ge=1, description="Responses sampled per prompt (group size).")
     norm_adv_by_std: bool = Field(
@@ -139,10 +216,23 @@ class Algorithm(ApiModel):
     )
     gamma: float = Field(1.0, ge=0, le=1, description="Discount factor (gae, grpo_per_step).")
     lam: float = Field(1.0, ge=0, le=1, description="GAE λ.")
+    kl_loss: KlLoss | None = Field(
+        None, description="Add a KL(student ‖ teacher) loss to the policy loss (unset: off)."
+    )
 
     @model_validator(mode="after")
-    def _group_needs_two(self) -> Algorithm:
-        if self.adv_estimator != AdvEstimator.GAE and self.rollout_n < 2:
+    def _cross_field_rules(self) -> Algorithm:
+        if self.kl_estimator != KlEstimator.K1:
+            raise FieldError("klEstimator", f"{self.kl_estimator.value}: {KL_ESTIMATOR_REFUSAL}")
+        if self.adv_estimator == AdvEstimator.NONE and not (
+            self.use_kl_in_advantage and self.kl_penalty_coef > 0
+        ):
+            raise FieldError(
+                "advEstimator",
+                "none needs useKlInAdvantage: true and klPenaltyCoef > 0 (the teacher's KL is "
+                "its whole advantage)",
+            )
+        if self.adv_estimator in GROUP_ESTIMATORS and self.rollout_n < 2:
             raise FieldError(
                 "rolloutN",
                 f"must be at least 2 for {self.adv_estimator.value} "
@@ -183,6 +273,35 @@ class Training(ApiModel):
     save_freq: int = Field(100, ge=1, description="Checkpoint every this many steps.")
     test_freq: int = Field(5, ge=1, description="Validate every this many steps.")
     seed: int = Field(42, ge=0, description="Random seed for data order and sampling.")
+    lr_warmup_steps: int = Field(
+        0, ge=0, description="Training steps of linear learning-rate warm-up (actor and critic)."
+    )
+    lr_schedule: LrSchedule = Field(
+        LrSchedule.CONSTANT,
+        description="After warm-up: constant, or cosine decay to minLrRatio × the rate at the "
+        "last step.",
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="cosine: the final rate as a fraction of the peak."
+    )
+    val_n: int = Field(
+        1,
+        ge=1,
+        description="Validation samples per problem: 1 is greedy; more are sampled at "
+        "valTemperature and give val/pass@k.",
+    )
+    val_temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature of validation when valN > 1."
+    )
+    val_max_prompts: int = Field(
+        500,
+        ge=1,
+        description="Validation prompts used: a fixed subset (the same for every run and seed) "
+        "when data.val holds more.",
+    )
+    val_batch_size: int = Field(
+        64, ge=1, description="Validation prompts per rollout-engine call (each with valN samples)."
+    )
 
 
 class Rollout(ApiModel):
@@ -408,7 +527,7 @@ class DistillJobSpec(ApiModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
 
-    student: ModelRef = Field(
+    student: StudentRef = Field(
         description="The model being trained.", json_schema_extra=_immutable("student")
     )
     teacher: ModelRef | None = Field(
@@ -484,8 +603,8 @@ class DistillJobSpec(ApiModel):
 
     @property
     def needs_teacher(self) -> bool:
-        """A teacher worker exists only when its logprobs enter the advantage."""
-        return self.algorithm.use_kl_in_advantage
+        """A teacher worker exists only when its logprobs enter the advantage or the loss."""
+        return self.algorithm.use_kl_in_advantage or self.algorithm.kl_loss is not None
 
     @property
     def needs_critic(self) -> bool:

@@ -85,9 +85,9 @@ def test_padding_changes_no_advantage(batch: Batch, extra: int, gamma: float) ->
     student, teacher = batch.ints(b, t), batch.ints(b, t)
     adv_padded = torch.cat([rewards, torch.zeros(b, extra).double()], dim=1)  # as estimators give
     kl_padded, m_padded = apply_kl_to_advantages(
-        adv_padded, batch.pad(student, extra), batch.pad(teacher, extra), pmask, 0.3, "k3"
+        adv_padded, batch.pad(student, extra), batch.pad(teacher, extra), pmask, 0.3, "k1"
     )
-    kl_plain, m_plain = apply_kl_to_advantages(rewards, student, teacher, mask, 0.3, "k3")
+    kl_plain, m_plain = apply_kl_to_advantages(rewards, student, teacher, mask, 0.3, "k1")
     same(kl_padded, kl_plain)
     assert m_padded == pytest.approx(m_plain, rel=1e-12)
 
@@ -131,12 +131,12 @@ def test_grpo_is_invariant_to_permuting_and_relabelling_groups(
 
 
 @PROPERTY
-@given(batch=batches, estimator=st.sampled_from(["k1", "k3", "abs"]))
-def test_zero_coef_leaves_advantages_bit_identical(batch: Batch, estimator: str) -> None:
+@given(batch=batches)
+def test_zero_coef_leaves_advantages_bit_identical(batch: Batch) -> None:
     b, t = batch.mask.shape
     adv = torch.randn(b, t, generator=batch.gen)  # arbitrary float32, not just integers
     student, teacher = torch.randn(b, t), torch.randn(b, t)
-    out, _ = apply_kl_to_advantages(adv, student, teacher, batch.mask, 0.0, estimator)
+    out, _ = apply_kl_to_advantages(adv, student, teacher, batch.mask, 0.0, "k1")
     assert torch.equal(out, adv)
 
 

@@ -87,7 +87,7 @@ def test_defaults_and_bounds_are_in_the_schema() -> None:
     algorithm = spec["algorithm"]["properties"]
     coef = algorithm["klPenaltyCoef"]
     assert (coef["default"], coef["minimum"]) == (0.1, 0)
-    assert algorithm["advEstimator"]["enum"] == ["grpo", "gae", "grpo_per_step"]
+    assert algorithm["advEstimator"]["enum"] == ["grpo", "gae", "grpo_per_step", "none"]
     assert spec["rollout"]["properties"]["temperature"]["exclusiveMinimum"] is True
     assert spec["algorithm"]["default"] == {}
     assert crd_schema()["properties"]["spec"]["required"] == ["student", "data"]

@@ -119,7 +119,7 @@ def test_defaults_equal_the_seed() -> None:
 
 
 def test_enums_are_the_documented_names() -> None:
-    assert [e.value for e in AdvEstimator] == ["grpo", "gae", "grpo_per_step"]
+    assert [e.value for e in AdvEstimator] == ["grpo", "gae", "grpo_per_step", "none"]
     assert [e.value for e in KlEstimator] == ["k1", "k3", "abs"]
 
 

@@ -34,28 +34,48 @@ def test_sft_responses_are_graded_correct() -> None:
         assert grade_answer(tiny.sft_response(record), record.ground_truth).score == 1.0
 
 
-@pytest.mark.parametrize("name", ["distill", "rl"])
-def test_example_jobs_are_valid_and_differ_only_in_the_kl(name: str, repo_root: Path) -> None:
+@pytest.mark.parametrize("name", list(demo.JOBS))
+def test_example_jobs_are_valid_and_share_all_but_the_objective(name: str, repo_root: Path) -> None:
     job = load_document(repo_root / "examples" / demo.JOBS[name], [])
-    assert job.spec.needs_teacher is (name == "distill")
+    assert job.spec.needs_teacher is (name in demo.TEACHER_JOBS)
     assert job.spec.student.model == "out/demo/models/student"
     other = load_document(repo_root / "examples" / demo.JOBS["distill"], [])
-    assert job.spec.training == other.spec.training
+    # Only the objective and its learning rate differ between the three.
+    ignored = {"learning_rate"}
+    assert job.spec.training.model_dump(exclude=ignored) == other.spec.training.model_dump(
+        exclude=ignored
+    )
     assert job.spec.rollout == other.spec.rollout
     assert job.spec.algorithm.rollout_n == other.spec.algorithm.rollout_n
+    expected = {"rl": "grpo", "distill": "grpo", "reward_free": "none"}[name]
+    assert job.spec.algorithm.adv_estimator == expected
 
 
-def test_format_table_lists_both_jobs() -> None:
-    job = {"val_reward_start": 0.1, "val_reward_end": 0.5, "steps": 3, "seconds": 1.5}
-    results = {
-        "teacher": {"val_reward": 0.9},
-        "distill": {**job, "final_kl_per_token": 0.25},
-        "rl": {**job, "final_kl_per_token": None},
+def test_first_step_reaching() -> None:
+    rewards = {0: 0.1, 5: 0.4, 10: 0.7, 15: 0.6}
+    assert demo.first_step_reaching(rewards, 0.5) == 10
+    assert demo.first_step_reaching(rewards, 0.1) == 0
+    assert demo.first_step_reaching(rewards, 0.9) is None
+
+
+def _seed(start: float, end: float, half: int | None, most: int | None) -> dict:
+    return {
+        "val_reward_start": start,
+        "val_reward_end": end,
+        "seconds": 1.5,
+        "steps_to_gap": {"0.5": half, "0.9": most},
     }
+
+
+def test_format_table_lists_every_job_with_its_seeds() -> None:
+    results = {"teacher": {"val_reward": 0.9}}
+    for name in demo.JOBS:
+        per_seed = {"0": _seed(0.1, 0.5, 10, None), "1": _seed(0.1, 0.7, 5, 20)}
+        results[name] = demo.job_result(per_seed)
     lines = demo.format_table(results).splitlines()
     assert lines[0] == "teacher val reward: 0.900"
-    assert lines[2].split() == ["distill", "0.100", "0.500", "0.250", "3", "1.5"]
-    assert lines[3].split() == ["rl", "0.100", "0.500", "-", "3", "1.5"]
+    assert lines[2].split() == ["rl", "0.100", "0.600", "(0.50..0.70)", "10/5", "-/20", "3.0"]
+    assert [line.split()[0] for line in lines[2:]] == list(demo.JOBS)
 
 
 @pytest.mark.slow
@@ -73,6 +93,7 @@ def test_demo_pipeline_smoke(tmp_path: Path) -> None:
         student_sft=tiny.SftConfig(steps=1, batch_size=8, warmup_steps=1),
         steps=2,
         test_freq=1,
+        seeds=(0, 1),
         progress=False,
         backend="inprocess",  # the Ray path has its own tests in tests/trainer/test_ray.py
         overrides=("training.batchSize=4", "algorithm.rolloutN=2", "training.ppoMiniBatchSize=2"),
@@ -80,15 +101,15 @@ def test_demo_pipeline_smoke(tmp_path: Path) -> None:
     results = demo.run_demo(cfg)
     written = json.loads((cfg.out / "results.json").read_text())
     assert written == json.loads(json.dumps(results))
-    assert set(written) >= {"teacher", "distill", "rl"}
+    assert set(written) >= {"teacher", *demo.JOBS, "total_seconds"}
     assert 0.0 <= written["teacher"]["val_reward"] <= 1.0
-    for name in ("distill", "rl"):
+    for name in demo.JOBS:
         job = written[name]
-        assert set(job) >= {"val_reward_start", "val_reward_end", "steps", "seconds"}
-        assert job["steps"] == 2
-        assert job["seconds"] > 0
-        assert sorted(job["val_rewards"], key=int) == ["0", "1", "2"]
-    assert written["distill"]["final_kl_per_token"] is not None
-    assert written["rl"]["final_kl_per_token"] is None
+        assert set(job["seeds"]) == {"0", "1"}
+        for run in job["seeds"].values():
+            assert run["steps"] == 2 and run["seconds"] > 0
+            assert sorted(run["val_rewards"], key=int) == ["0", "1", "2"]
+            assert set(run["steps_to_gap"]) == {"0.5", "0.9"}
+            assert (run["final_kl_per_token"] is not None) is (name in demo.TEACHER_JOBS)
     assert (cfg.out / "demo.png").stat().st_size > 10_000
     assert (cfg.out / "models" / "teacher" / "config.json").is_file()

@@ -5,8 +5,11 @@ maximises the PPO surrogate of
 
     A_final = A_base − α · KL(π_student ‖ π_teacher),   KL added after A_base is normalised,
 
-where A_base comes from the estimator named in the spec (``compute_base_advantages``) and the KL
-from ``kl_penalty``. That is the only KL term: no KL loss, no KL in the reward. docs/algorithm.md
+where A_base comes from the estimator named in the spec (``compute_base_advantages``; ``none``
+gives 0, reward-free distillation) and the KL from ``kl_penalty`` (k1 only: the only per-token
+term whose policy gradient is the KL's). An optional KL loss (``kl_loss``) adds a term
+differentiated through the student's logprobs; nothing puts the KL in the reward. Also here: the
+learning-rate schedule (``lr_factor``) and the unbiased pass@k (``pass_at_k``). docs/algorithm.md
 derives it all.
 
 Conventions: ``[B]`` per sequence, ``[B, T]`` per response token; ``response_mask`` is 1.0 (or True)
@@ -29,7 +32,13 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from distill_api.v1alpha1 import AdvEstimator, KlEstimator
+from distill_api.v1alpha1 import (
+    KL_ESTIMATOR_REFUSAL,
+    AdvEstimator,
+    KlEstimator,
+    KlLossEstimator,
+    LrSchedule,
+)
 
 
 class LossAgg(StrEnum):
@@ -274,11 +283,17 @@ def _grpo_per_step(x: AdvantageInputs) -> tuple[Tensor, Tensor | None]:
     return adv, None
 
 
+def _none(x: AdvantageInputs) -> tuple[Tensor, Tensor | None]:
+    # Reward-free distillation: no base advantage, so −α·KL (added next) is all there is.
+    return torch.zeros(x.response_mask.shape, dtype=torch.float32), None
+
+
 AdvantageFn = Callable[[AdvantageInputs], tuple[Tensor, Tensor | None]]
 ADVANTAGE_ESTIMATORS: dict[AdvEstimator, AdvantageFn] = {
     AdvEstimator.GRPO: _grpo,
     AdvEstimator.GAE: _gae,
     AdvEstimator.GRPO_PER_STEP: _grpo_per_step,
+    AdvEstimator.NONE: _none,
 }
 
 
@@ -317,35 +332,21 @@ def compute_base_advantages(
 # --- the teacher KL ------------------------------------------------------------------------------
 
 
-def _kl_k1(d: Tensor) -> Tensor:
-    return d
-
-
-def _kl_k3(d: Tensor) -> Tensor:
-    # Clamping d first only avoids inf: outside ±20 the result is clamped to 10 anyway.
-    d = d.clamp(-20.0, 20.0)
-    return (torch.expm1(-d) + d).clamp(-10.0, 10.0)
-
-
-_KL_ESTIMATORS: dict[KlEstimator, Callable[[Tensor], Tensor]] = {
-    KlEstimator.K1: _kl_k1,
-    KlEstimator.K3: _kl_k3,
-    KlEstimator.ABS: torch.abs,
-}
-
-
 def kl_penalty(
     student_logprobs: Tensor, teacher_logprobs: Tensor, estimator: KlEstimator | str = "k1"
 ) -> Tensor:
-    """Per-token estimate of KL(π_s ‖ π_t) from the sampled token's logprobs, [B, T] → [B, T].
+    """Per-token k1 = log π_s − log π_t of the sampled token, [B, T] → [B, T].
 
-    With d = s − t: k1 = d; abs = |d|; k3 = exp(−d) + d − 1 (= exp(t − s) − (t − s) − 1, computed
-    with expm1), clamped to [−10, 10]. All are evaluated on tokens sampled from the student, so k1
-    is unbiased for the reverse KL; k3 is unbiased too, never negative, with lower variance.
+    Only k1 is accepted. In the advantage a term k moves the policy by E_{y~π_s}[∇log π_s(y)·k(y)];
+    for k1 that is exactly ∇KL(π_s ‖ π_t), for k3 it is ∇KL(π_s ‖ π_t) − ∇KL(π_t ‖ π_s), whose
+    direction can be opposite (verl warns the same). Low-variance estimators belong in a loss,
+    where they are differentiated: ``kl_loss``.
     """
     est = _enum(KlEstimator, estimator, "klEstimator")
+    if est is not KlEstimator.K1:
+        raise ValueError(f"klEstimator {est.value}: {KL_ESTIMATOR_REFUSAL}")
     _shape("teacher_logprobs", teacher_logprobs, tuple(student_logprobs.shape))
-    return _KL_ESTIMATORS[est](_f32(student_logprobs) - _f32(teacher_logprobs))
+    return _f32(student_logprobs) - _f32(teacher_logprobs)
 
 
 @torch.no_grad()
@@ -377,6 +378,19 @@ def apply_kl_to_advantages(
     if coef == 0:
         return base, metrics
     return base - coef * kl, metrics
+
+
+def _low_var_kl(d: Tensor) -> Tensor:
+    # Clamping d first only avoids inf: outside ±20 the result is clamped to 10 anyway (as verl).
+    d = d.clamp(-20.0, 20.0)
+    return (torch.expm1(-d) + d).clamp(-10.0, 10.0)
+
+
+_KL_LOSS_ESTIMATORS: dict[KlLossEstimator, Callable[[Tensor], Tensor]] = {
+    KlLossEstimator.LOW_VAR_KL: _low_var_kl,
+    KlLossEstimator.K1: lambda d: d,
+    KlLossEstimator.K2: lambda d: 0.5 * d.square(),
+}
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -442,6 +456,27 @@ def ppo_policy_loss(
             "actor/ppo_kl": masked_mean(-log_ratio, m).item(),
         }
     return loss, metrics
+
+
+def kl_loss(
+    logprobs: Tensor,
+    teacher_logprobs: Tensor,
+    response_mask: Tensor,
+    estimator: KlLossEstimator | str = KlLossEstimator.LOW_VAR_KL,
+    loss_agg: LossAgg | str = LossAgg.TOKEN_MEAN,
+) -> tuple[Tensor, dict[str, float]]:
+    """KL loss with d = log π_s − log π_t per sampled token; [B, T] → (scalar with grad, metrics).
+
+    low_var_kl (k3) = exp(−d) + d − 1 (clamped to [−10, 10]); k1 = d; k2 = ½·d². Gradients flow
+    through ``logprobs`` only (the teacher's are constants). On tokens sampled from π_s the
+    expected gradients are: k2 → ∇KL(π_s ‖ π_t), low_var_kl → ∇KL(π_t ‖ π_s) (forward KL), k1 → 0
+    (E[∇log π] = 0). Metric ``actor/kl_loss``. As verl's ``use_kl_loss``, with its estimator names.
+    """
+    est = _enum(KlLossEstimator, estimator, "klLoss.estimator")
+    m = _mask(response_mask, logprobs=logprobs, teacher_logprobs=teacher_logprobs)
+    d = torch.where(m, _f32(logprobs) - _f32(teacher_logprobs).detach(), 0.0)
+    loss = agg_loss(_KL_LOSS_ESTIMATORS[est](d), m, loss_agg)
+    return loss, {"actor/kl_loss": loss.item()}
 
 
 def value_loss(
@@ -592,3 +627,51 @@ def token_logprobs_from_hidden(
         return empty, (empty if with_entropy else None)
     entropy = torch.cat(entropies).reshape(shape) if with_entropy else None
     return torch.cat(logprobs).reshape(shape), entropy
+
+
+# --- schedules and validation ------------------------------------------------------------------
+
+
+def lr_factor(
+    step: int,
+    total_steps: int,
+    warmup_steps: int = 0,
+    schedule: LrSchedule | str = LrSchedule.CONSTANT,
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """Multiplier of the peak learning rate for update ``step`` (0-based, one per training step).
+
+    Warm-up: (step + 1) / warmup_steps while step < warmup_steps, so the first update already moves.
+    Then constant: 1; cosine: r + (1 − r)·½(1 + cos(π·p)), p = (step − W) / (total − W − 1), which
+    is 1 at the first update after warm-up and r = min_lr_ratio at the last (p capped at 1).
+    Departs from verl's cosine (which reaches its minimum one step after the run ends): the last
+    update runs at exactly min_lr_ratio.
+    """
+    mode = _enum(LrSchedule, schedule, "lrSchedule")
+    _in_range("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if mode is LrSchedule.CONSTANT:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def pass_at_k(correct: Tensor, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021) averaged over problems; correct: [P, n] bool, k ≤ n.
+
+    Per problem with c of n samples correct: 1 − C(n − c, k) / C(n, k), computed as the product
+    Π_{i=n−c+1}^{n} (1 − k/i) for numerical stability (the paper's form); 1 when n − c < k.
+    """
+    if correct.dim() != 2:
+        raise ValueError(f"correct must be [P, n], got shape {tuple(correct.shape)}")
+    n = correct.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k!r}")
+    per_problem = []
+    for c in correct.bool().sum(-1).tolist():
+        if n - c < k:
+            per_problem.append(1.0)
+        else:
+            per_problem.append(1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1)))
+    return sum(per_problem) / max(len(per_problem), 1)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from distill_api import DistillJobSpec
+from distill_api.v1alpha1 import KlLoss, LoraConfig, LrSchedule
 from distill_trainer.algorithm import LossAgg
 
 
@@ -100,6 +101,11 @@ class OptimConfig:
     grad_clip: float
     loss_agg: LossAgg
     weight_decay: float = 0.01  # the seed's (verl's) AdamW default
+    # The LR schedule, in training steps (one scheduler step per update call, as verl).
+    total_steps: int = 1
+    lr_warmup_steps: int = 0
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    min_lr_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ class ActorConfig(RoleConfig):
     clip_high: float = 0.2
     clip_ratio_c: float = 3.0
     entropy_coeff: float = 0.0
+    kl_loss: KlLoss | None = None  # algorithm.klLoss: needs teacher_logprobs in the batch
+    lora: LoraConfig | None = None  # student.lora: train adapters only
 
 
 @dataclass(frozen=True)
@@ -125,8 +133,11 @@ class RoleConfigs:
     critic: CriticConfig | None  # None: the estimator needs no critic
 
 
-def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
-    """Every role's config from the spec and the run options."""
+def role_configs(
+    spec: DistillJobSpec, options: RunOptions, total_steps: int | None = None
+) -> RoleConfigs:
+    """Every role's config from the spec and the run options; `total_steps` (as counted from
+    the data) sets the length of the LR schedule (default: training.totalSteps, else 1)."""
     t = spec.training
     common = {
         "device": options.device,
@@ -144,7 +155,17 @@ def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
     mini_batch = t.ppo_mini_batch_size * spec.algorithm.rollout_n
 
     def optim(lr: float) -> OptimConfig:
-        return OptimConfig(lr, t.ppo_epochs, mini_batch, options.grad_clip, options.loss_agg)
+        return OptimConfig(
+            lr,
+            t.ppo_epochs,
+            mini_batch,
+            options.grad_clip,
+            options.loss_agg,
+            total_steps=total_steps or t.total_steps or 1,
+            lr_warmup_steps=t.lr_warmup_steps,
+            lr_schedule=t.lr_schedule,
+            min_lr_ratio=t.min_lr_ratio,
+        )
 
     actor = ActorConfig(
         model=student,
@@ -154,12 +175,14 @@ def role_configs(spec: DistillJobSpec, options: RunOptions) -> RoleConfigs:
         clip_ratio_c=options.clip_ratio_c,
         entropy_coeff=t.entropy_coeff,
         **trained,
+        kl_loss=spec.algorithm.kl_loss,
+        lora=spec.student.lora,
         **common,
     )
     teacher = None
     if spec.needs_teacher:
-        # Unset teacher: a frozen copy of the student's initial weights. Built even when
-        # klPenaltyCoef is 0: an ablation that still measures the KL (roles/__init__.py).
+        # Unset teacher: a frozen copy of the student's initial weights (the base model under
+        # LoRA). Built even when klPenaltyCoef is 0: an ablation that still measures the KL.
         teacher = RoleConfig(model=(spec.teacher or spec.student).model, **common)
     critic = None
     if spec.needs_critic:

@@ -1,17 +1,20 @@
 """`make demo`: on-policy distillation vs pure RL, with tiny models on CPU, in a few minutes.
 
-    python -m distill_trainer.demo [--out out/demo] [--steps N] [--backend ray|inprocess]
+    python -m distill_trainer.demo [--out out/demo] [--steps N] [--seeds 0 1 2] [--backend ...]
 
 1. data: a synthetic task, "What is 3 + 4 + 7 + 2?" (four one-digit terms), 2000 train / 200
    validation prompts, written by the same code as `python -m distill_trainer.data
    prep-arithmetic`;
 2. models (built locally, cached under out/demo/cache/ by a hash of their recipe): a tiny Qwen2
    teacher trained by SFT until it solves the task, and a student of the same shape trained
-   briefly, so it writes well-formed answers but gets only ~15% of the validation sums right;
-3. two DistillJobs from examples/: demo-distill.yaml (teacher KL in the advantage) and
-   demo-rl.yaml (the same run with the KL off: GRPO on the grader's reward alone), each run by
-   the trainer's own `run_job`;
-4. out/demo/results.json, a table on the console and out/demo/demo.png (reward and KL per step).
+   briefly, so it writes well-formed answers but gets only a few of the validation sums right;
+3. three DistillJobs from examples/, each on every seed (training.seed: data order and sampling):
+   demo-rl.yaml (GRPO on the grader's reward alone, no teacher), demo-distill.yaml (the seed's
+   objective: GRPO plus the teacher's per-token KL in the advantage) and demo-reward-free.yaml
+   (advEstimator none: the teacher's KL alone; the grader only measures), each run by the
+   trainer's own `run_job` with its own progress bar;
+4. out/demo/results.json (per-seed validation curves, and the step at which each run closed half
+   and 90% of the student's gap to the teacher), a table on the console and out/demo/demo.png.
 
 The job files point at out/demo/models/{student,teacher} and out/demo/data/; the demo makes those
 paths (links into the cache), so after it ran `python -m distill_trainer run
@@ -24,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +44,13 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
-JOBS = {"distill": "demo-distill.yaml", "rl": "demo-rl.yaml"}
+JOBS = {
+    "rl": "demo-rl.yaml",
+    "distill": "demo-distill.yaml",
+    "reward_free": "demo-reward-free.yaml",
+}
+TEACHER_JOBS = ("distill", "reward_free")  # the jobs that load the teacher
+GAP_FRACTIONS = (0.5, 0.9)  # milestones: shares of the student's gap to the teacher closed
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class DemoConfig:
 
     out: Path = Path("out/demo")
     train_size: int = 2000
-    val_size: int = 200
+    val_size: int = 200  # greedy answers per validation: ±0.035 binomial noise at reward 0.5
     terms: int = 4  # one-digit operands per problem
     data_seed: int = 0
     teacher_model: tiny.TinyModelConfig = field(default_factory=tiny.TinyModelConfig)
@@ -61,12 +71,14 @@ class DemoConfig:
     student_sft: tiny.SftConfig = field(
         default_factory=lambda: tiny.SftConfig(steps=150, cosine=False)
     )
-    steps: int | None = None  # overrides training.totalSteps of both jobs (None: the YAML's)
-    test_freq: int | None = None  # overrides training.testFreq of both jobs
-    overrides: tuple[str, ...] = ()  # more `--set PATH=VALUE` overrides for both jobs
-    # Local Ray, the embedded default: each role is a Ray actor, as on a cluster. The numbers are
-    # identical with "inprocess", which is ~40% faster on 2 cores (no inter-process copies).
-    backend: str = "ray"
+    seeds: tuple[int, ...] = (0, 1, 2)  # training.seed of each run of each job
+    steps: int | None = None  # overrides training.totalSteps of every job (None: the YAML's)
+    test_freq: int | None = None  # overrides training.testFreq of every job
+    overrides: tuple[str, ...] = ()  # more `--set PATH=VALUE` overrides for every job
+    # In-process: the numbers are identical on local Ray (`--backend ray`, each role a Ray actor
+    # as on a cluster), which is ~40% slower on 2 cores (inter-process copies); nine runs have
+    # to fit in the demo's five minutes.
+    backend: str = "inprocess"
     micro_batch_size: int = 256  # rows per forward pass: the whole step fits at once on CPU
     progress: bool = True
 
@@ -142,82 +154,131 @@ def job_overrides(cfg: DemoConfig, models: dict[str, Path], paths: dict[str, Pat
     return [*overrides, *cfg.overrides]
 
 
-def run_example(name: str, cfg: DemoConfig, overrides: list[str]) -> RunSummary:
-    """Load examples/<job>.yaml with the overrides, as the CLI would, and train it."""
-    job = load_document(EXAMPLES / JOBS[name], overrides)
+def run_example(name: str, seed: int, cfg: DemoConfig, overrides: list[str]) -> RunSummary:
+    """Load examples/<job>.yaml with the overrides and the seed, as the CLI would, and train it."""
+    job = load_document(EXAMPLES / JOBS[name], [*overrides, f"training.seed={seed}"])
     options = RunOptions(
         backend=cfg.backend,
         device="cpu",
-        output_dir=cfg.out / name,
+        output_dir=cfg.out / name / f"seed-{seed}",
         micro_batch_size=cfg.micro_batch_size,
         progress=cfg.progress,
     )
-    log.info("running %s (%s)", job.metadata.name, JOBS[name])
+    log.info("running %s (%s), seed %d", job.metadata.name, JOBS[name], seed)
     return run_job(job, options)
 
 
-def job_result(summary: RunSummary) -> dict[str, Any]:
-    """The results.json entry of one job."""
+def first_step_reaching(rewards: dict[int, float], target: float) -> int | None:
+    """The first validated step whose reward is at least `target` (None: never in the run)."""
+    return next((step for step, reward in sorted(rewards.items()) if reward >= target), None)
+
+
+def seed_result(summary: RunSummary, teacher_reward: float) -> dict[str, Any]:
+    """One run's results.json entry: its validation curve and its gap milestones."""
     rewards = dict(sorted(summary.val_rewards.items()))
-    kls = [m["distill/kl_per_token"] for m in summary.history if "distill/kl_per_token" in m]
+    start = rewards[min(rewards)]
+    kls = {
+        str(int(m["training/step"])): m["distill/kl_per_token"]
+        for m in summary.history
+        if "distill/kl_per_token" in m
+    }
     return {
-        "val_reward_start": rewards[min(rewards)],
+        "val_reward_start": start,
         "val_reward_end": rewards[max(rewards)],
         "steps": summary.steps,
         "seconds": round(summary.seconds, 1),
-        "final_kl_per_token": kls[-1] if kls else None,
+        "final_kl_per_token": kls[max(kls, key=int)] if kls else None,
+        # f of the gap closed: the reward reached start + f·(teacher − start)
+        "steps_to_gap": {
+            str(f): first_step_reaching(rewards, start + f * (teacher_reward - start))
+            for f in GAP_FRACTIONS
+        },
         "val_rewards": {str(step): reward for step, reward in rewards.items()},
+        "kl_per_step": kls,
+    }
+
+
+def job_result(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A job's entry: every seed's result and the mean and spread across seeds."""
+    ends = [r["val_reward_end"] for r in per_seed.values()]
+    return {
+        "seeds": per_seed,
+        "val_reward_start": statistics.mean(r["val_reward_start"] for r in per_seed.values()),
+        "val_reward_end_mean": statistics.mean(ends),
+        "val_reward_end_min": min(ends),
+        "val_reward_end_max": max(ends),
+        "seconds": round(sum(r["seconds"] for r in per_seed.values()), 1),
     }
 
 
 # ------------------------------------------------------------------------------------ reports
 
 
+def _milestones(job: dict[str, Any], fraction: float) -> str:
+    steps = [r["steps_to_gap"][str(fraction)] for r in job["seeds"].values()]
+    return "/".join("-" if s is None else str(s) for s in steps)
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The console summary: teacher reference, then one row per job."""
+    """The console summary: teacher reference, then one row per job (seeds joined by /)."""
     lines = [
         f"teacher val reward: {results['teacher']['val_reward']:.3f}",
-        f"{'job':<10}{'val start':>10}{'val end':>10}{'final KL':>10}{'steps':>7}{'seconds':>9}",
+        f"{'job':<12}{'val start':>10}{'val end (min..max)':>24}{'50% gap':>12}{'90% gap':>12}"
+        f"{'seconds':>9}",
     ]
     for name in JOBS:
         r = results[name]
-        kl = "-" if r["final_kl_per_token"] is None else f"{r['final_kl_per_token']:.3f}"
+        end = (
+            f"{r['val_reward_end_mean']:.3f} ({r['val_reward_end_min']:.2f}.."
+            f"{r['val_reward_end_max']:.2f})"
+        )
         lines.append(
-            f"{name:<10}{r['val_reward_start']:>10.3f}{r['val_reward_end']:>10.3f}{kl:>10}"
-            f"{r['steps']:>7}{r['seconds']:>9.1f}"
+            f"{name:<12}{r['val_reward_start']:>10.3f}{end:>24}{_milestones(r, 0.5):>12}"
+            f"{_milestones(r, 0.9):>12}{r['seconds']:>9.1f}"
         )
     return "\n".join(lines)
 
 
-def plot(summaries: dict[str, RunSummary], teacher_reward: float, path: Path) -> None:
-    """Validation and training reward per step for both jobs, and the distillation KL."""
+COLORS = {"rl": "tab:orange", "distill": "tab:blue", "reward_free": "tab:green"}
+LABELS = {"rl": "pure RL", "distill": "distillation + reward", "reward_free": "reward-free"}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Validation reward per step (each seed faint, the mean bold) and the distillation KL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_reward, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"distill": "tab:blue", "rl": "tab:orange"}
-    for name, summary in summaries.items():
-        steps = [m["training/step"] for m in summary.history if "training_step_reward" in m]
-        train = [m["training_step_reward"] for m in summary.history if "training_step_reward" in m]
-        val = sorted(summary.val_rewards.items())
-        ax_reward.plot(steps, train, color=colors[name], alpha=0.3, lw=1)
-        ax_reward.plot(
-            *zip(*val, strict=True), "o-", color=colors[name], label=f"{name} (validation)"
-        )
-        kl = [(m["training/step"], m["distill/kl_per_token"]) for m in summary.history
-              if "distill/kl_per_token" in m]  # fmt: skip
-        if kl:
-            ax_kl.plot(*zip(*kl, strict=True), color=colors[name], label=name)
-    ax_reward.axhline(teacher_reward, color="gray", ls="--", label="teacher (validation)")
-    ax_reward.set(xlabel="step", ylabel="reward", title="Reward (faint: training batches)")
+    for name in JOBS:
+        curves = [
+            {int(k): v for k, v in r["val_rewards"].items()}
+            for r in results[name]["seeds"].values()
+        ]
+        for curve in curves:
+            ax_reward.plot(list(curve), list(curve.values()), color=COLORS[name], alpha=0.3, lw=1)
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        mean = [statistics.mean(c[s] for c in curves) for s in steps]
+        ax_reward.plot(steps, mean, "o-", ms=3, color=COLORS[name], label=LABELS[name])
+        kls = [r["kl_per_step"] for r in results[name]["seeds"].values() if r.get("kl_per_step")]
+        if kls:
+            k_steps = sorted(set.intersection(*(set(map(int, k)) for k in kls)))
+            k_mean = [statistics.mean(k[str(s)] for k in kls) for s in k_steps]
+            ax_kl.plot(k_steps, k_mean, color=COLORS[name], label=LABELS[name])
+    ax_reward.axhline(results["teacher"]["val_reward"], color="gray", ls="--", label="teacher")
+    n_seeds = len(results["rl"]["seeds"])
+    ax_reward.set(
+        xlabel="step",
+        ylabel="validation reward",
+        title=f"Validation reward (bold: mean of {n_seeds} seeds; faint: each)",
+    )
     ax_reward.set_ylim(0, 1.02)
-    ax_reward.legend(loc="upper right", bbox_to_anchor=(1.0, 0.93))
-    ax_kl.set(xlabel="step", ylabel="nats / token", title="KL(student ‖ teacher) per token")
-    ax_kl.text(0.98, 0.95, "rl: no teacher, no KL measured", transform=ax_kl.transAxes,
-               ha="right", va="top", color=colors["rl"])  # fmt: skip
-    ax_kl.legend(loc="lower left")
+    ax_reward.legend(loc="lower right")
+    ax_kl.set(xlabel="step", ylabel="nats / token", title="KL(student ‖ teacher) per token (mean)")
+    ax_kl.text(0.98, 0.95, "pure RL: no teacher, no KL measured", transform=ax_kl.transAxes,
+               ha="right", va="top", color=COLORS["rl"])  # fmt: skip
+    ax_kl.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -227,28 +288,29 @@ def plot(summaries: dict[str, RunSummary], teacher_reward: float, path: Path) ->
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Build everything, run both jobs, write results.json and demo.png; returns the results."""
+    """Build everything, run every job on every seed, write results.json and demo.png."""
     started = time.monotonic()
     cfg.out.mkdir(parents=True, exist_ok=True)
     paths, data_key = build_data(cfg)
     models = build_models(cfg, paths["train"], data_key)
     overrides = job_overrides(cfg, models, paths)
-    teacher = load_document(EXAMPLES / JOBS["distill"], overrides).spec
+    spec = load_document(EXAMPLES / JOBS["distill"], overrides).spec
     teacher_reward = greedy_val_reward(
-        models["teacher"], paths["test"], teacher.rollout.max_response_length
+        models["teacher"], paths["test"], spec.rollout.max_response_length
     )
     log.info("teacher val reward %.3f", teacher_reward)
-    summaries = {
-        "distill": run_example("distill", cfg, [*overrides, f"teacher.model={models['teacher']}"]),
-        "rl": run_example("rl", cfg, overrides),
-    }
-    results = {
-        "teacher": {"val_reward": teacher_reward},
-        **{name: job_result(summary) for name, summary in summaries.items()},
-        "total_seconds": round(time.monotonic() - started, 1),
-    }
+    teacher = [f"teacher.model={models['teacher']}"]
+    results: dict[str, Any] = {"teacher": {"val_reward": teacher_reward}}
+    for name in JOBS:
+        with_teacher = [*overrides, *(teacher if name in TEACHER_JOBS else [])]
+        per_seed = {}
+        for seed in cfg.seeds:
+            summary = run_example(name, seed, cfg, with_teacher)
+            per_seed[str(seed)] = seed_result(summary, teacher_reward)
+        results[name] = job_result(per_seed)
+    results["total_seconds"] = round(time.monotonic() - started, 1)
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(summaries, teacher_reward, cfg.out / "demo.png")
+    plot(results, cfg.out / "demo.png")
     return results
 
 
@@ -256,14 +318,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m distill_trainer.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=DemoConfig.out)
     parser.add_argument("--steps", type=int, default=None, help="training steps of each job")
-    parser.add_argument("--backend", choices=["ray", "inprocess"], default="ray")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DemoConfig.seeds))
+    parser.add_argument("--backend", choices=["ray", "inprocess"], default=DemoConfig.backend)
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="PATH=VALUE",
-        help="override a field of both jobs, e.g. training.learningRate=5e-4 (repeatable)",
+        help="override a field of every job, e.g. training.learningRate=5e-4 (repeatable)",
     )
     parser.add_argument(
         "--student-sft-steps", type=int, default=None, help="SFT steps of the student"
@@ -276,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg,
         out=args.out,
         steps=args.steps,
+        seeds=tuple(args.seeds),
         backend=args.backend,
         overrides=tuple(args.overrides),
         progress=not args.no_progress,

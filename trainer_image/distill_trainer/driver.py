@@ -2,10 +2,11 @@
 
     run_job(job, RunOptions(backend="inprocess")) -> RunSummary
 
-One step (`train_step`): sample responses → grade → student logprobs → teacher logprobs (only
-when useKlInAdvantage) → critic values (gae) → base advantage by name → teacher KL subtracted
-after normalisation → PPO update → critic update → weights to the rollout engine. Around it
-(`run_job`): validation every testFreq steps, a checkpoint every saveFreq steps, metrics every
+One step (`train_step`): sample responses → grade → student logprobs → teacher logprobs (when
+useKlInAdvantage or klLoss) → critic values (gae) → base advantage by name (none: zero) → teacher
+KL subtracted after normalisation → PPO update (plus the KL loss) → critic update → weights to
+the rollout engine. Around it (`run_job`): validation every testFreq steps (valN samples per
+problem, valBatchSize prompts per engine call), a checkpoint every saveFreq steps, metrics every
 step, and the trained student exported to `<checkpoint uri>/final/` after the last step. A run
 whose job has a committed checkpoint (or is given --resume-from) continues from it exactly: same
 weights, optimizer, data position and RNG states, so it computes what the interrupted run would
@@ -26,7 +27,12 @@ from typing import Any
 import torch
 
 from distill_api import DistillJob
-from distill_trainer.algorithm import apply_kl_to_advantages, compute_base_advantages, masked_mean
+from distill_trainer.algorithm import (
+    apply_kl_to_advantages,
+    compute_base_advantages,
+    masked_mean,
+    pass_at_k,
+)
 from distill_trainer.batch import RolloutBatch, last_token_rewards
 from distill_trainer.checkpoint import CheckpointError
 from distill_trainer.checkpoint.manifest import step_dir
@@ -114,7 +120,8 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
             norm_by_std=alg.norm_adv_by_std,
         )
         kl_metrics: dict[str, float] = {}
-        if batch.teacher_logprobs is not None:  # after normalisation, by design
+        if alg.use_kl_in_advantage:  # after normalisation, by design
+            assert batch.teacher_logprobs is not None
             batch.advantages, kl_metrics = apply_kl_to_advantages(
                 batch.advantages,
                 batch.old_logprobs,
@@ -154,16 +161,35 @@ def rollout_metrics(batch: RolloutBatch, entropy: torch.Tensor | None) -> dict[s
     return metrics
 
 
+def pass_at_k_values(n: int) -> list[int]:
+    """The k of the logged val/pass@k: powers of two below n, and n itself."""
+    return sorted({2**i for i in range(n.bit_length()) if 2**i < n} | {n})
+
+
 def validate(run: Run) -> dict[str, float]:
-    """Mean score of greedy responses on the validation prompts."""
-    timer = PhaseTimer()
+    """`val/reward`: the mean score over valN responses per validation problem (1: greedy, else
+    sampled at valTemperature), and `val/pass@k` (unbiased) for k in `pass_at_k_values(valN)`.
+
+    Prompts go to the engine valBatchSize at a time, never the whole set in one call; run.val is
+    already the fixed subset of at most valMaxPrompts (setup.validation_subset)."""
+    t, timer = run.spec.training, PhaseTimer()
+    sampling = SamplingParams(
+        max_new_tokens=run.sampling.max_new_tokens,
+        temperature=t.val_temperature,
+        greedy=t.val_n == 1,
+        logprobs=False,
+    )
+    parts = []
     with timer("validate"):
-        greedy = SamplingParams(
-            max_new_tokens=run.sampling.max_new_tokens, greedy=True, logprobs=False
-        )
-        rollouts = run.roles.rollout.generate([p.token_ids for p in run.val], 1, greedy)
-        scores = run.grade(rollouts.to_batch(1), run.val)
-    return {"val/reward": scores.float().mean().item(), **timer.metrics}
+        for start in range(0, len(run.val), t.val_batch_size):
+            prompts = run.val[start : start + t.val_batch_size]
+            rollouts = run.roles.rollout.generate([p.token_ids for p in prompts], t.val_n, sampling)
+            parts.append(run.grade(rollouts.to_batch(t.val_n), prompts))
+    scores = torch.cat(parts).view(len(run.val), t.val_n)  # prompt-major, as the engine returns
+    correct = scores >= 1.0  # the grader gives 1.0 to a correct answer only
+    metrics = {"val/reward": scores.mean().item()}
+    metrics.update({f"val/pass@{k}": pass_at_k(correct, k) for k in pass_at_k_values(t.val_n)})
+    return {**metrics, **timer.metrics}
 
 
 def checkpoint(run: Run, step: int, epoch: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -163,6 +164,21 @@ def warn_about_sampling(spec: DistillJobSpec) -> None:
         log.info("algorithm.klPenaltyCoef=0: the teacher scores responses but adds no advantage")
 
 
+VALIDATION_SUBSET_SEED = 0  # not training.seed: runs with different seeds see the same problems
+
+
+def validation_subset(
+    prompts: list[EncodedPrompt], max_prompts: int, cap: int | None = None
+) -> list[EncodedPrompt]:
+    """At most min(valMaxPrompts, cap) prompts, a fixed random sample in file order (a file
+    sorted by difficulty or source would make its first N unrepresentative)."""
+    limit = min(max_prompts, cap or max_prompts)
+    if len(prompts) <= limit:
+        return prompts
+    keep = sorted(random.Random(VALIDATION_SUBSET_SEED).sample(range(len(prompts)), limit))
+    return [prompts[i] for i in keep]
+
+
 def count_steps(spec: DistillJobSpec, num_prompts: int) -> int:
     """totalSteps when set (it takes precedence over numEpochs, as in the seed), else numEpochs
     passes over the data."""
@@ -196,7 +212,7 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
     max_prompt = spec.rollout.max_prompt_length
     train = load_prompts("data.train", spec.data.train, tokenizer, max_prompt)
     val = load_prompts("data.val", spec.data.val, tokenizer, max_prompt) if spec.data.val else []
-    val = val[: options.max_val_prompts] if options.max_val_prompts else val
+    val = validation_subset(val, spec.training.val_max_prompts, options.max_val_prompts)
     total_steps = count_steps(spec, len(train))
     # Before any model loads: a bad bucket or a refused checkpoint fails the job in seconds.
     checkpoints, resume = open_checkpoints(job, options)
@@ -274,7 +290,7 @@ def _start(
         closers.callback(grader.close)
     if options.backend == "ray":
         _start_ray(options, closers)
-    configs = role_configs(job.spec, options)
+    configs = role_configs(job.spec, options, total_steps)
     roles = build_roles(configs, job.spec, options.backend, pad_token_id)
     closers.callback(roles.close)
     return sink, grader, roles

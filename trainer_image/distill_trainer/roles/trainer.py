@@ -25,15 +25,17 @@ import torch
 from torch import Tensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_model_state_dict,
     get_state_dict,
     set_state_dict,
 )
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, PreTrainedModel
 
+from distill_api.v1alpha1 import LoraConfig
 from distill_trainer.algorithm import (
     LossAgg,
     agg_loss,
+    kl_loss,
+    lr_factor,
     ppo_policy_loss,
     token_logprobs_from_hidden,
     value_loss,
@@ -57,6 +59,7 @@ from distill_trainer.checkpoint.state import (
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
+from distill_trainer.roles.lora import apply_lora, lora_scaling, merged_named_tensors
 from distill_trainer.roles.models import (
     autocast,
     load_tokenizer,
@@ -145,9 +148,13 @@ class ResponseScorer(torch.nn.Module):
         )
 
 
-def load_scorer(cfg: RoleConfig) -> ResponseScorer:
-    lm = load_on_cpu(cfg)
-    return place_model(ResponseScorer(lm, cfg.temperature, cfg.logprob_chunk_tokens), lm, cfg)
+def load_scorer(cfg: RoleConfig, lora: LoraConfig | None = None) -> ResponseScorer:
+    """The role's model as a ResponseScorer, placed and sharded; with `lora`, peft adapters are
+    added first (peft freezes the base weights), so FSDP shards the adapted model."""
+    hf_model = load_on_cpu(cfg)
+    lm = apply_lora(hf_model, lora) if lora is not None else hf_model
+    scorer = ResponseScorer(lm, cfg.temperature, cfg.logprob_chunk_tokens)
+    return place_model(scorer, hf_model, cfg)
 
 
 @torch.no_grad()
@@ -208,6 +215,18 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
+        # One scheduler step per run() (per training step, as verl); its state sits beside the
+        # optimizer's for checkpoints.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(
+                step,
+                optim.total_steps,
+                optim.lr_warmup_steps,
+                optim.lr_schedule,
+                optim.min_lr_ratio,
+            ),
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.updates = 0  # run() calls so far: the version of the weights it leaves behind
 
@@ -247,16 +266,18 @@ class _Trainer:
         metrics = {key: float(total) / steps for key, total in zip(keys, totals, strict=True)}
         metrics[f"{prefix}/grad_norm"] = sum(grad_norms) / steps
         metrics[f"{prefix}/lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next update depends on: weights, optimizer moments, the shuffling
-        generator, the update count, this process's torch RNG (dropout, when on; an LR scheduler
-        belongs here too). Collective under FSDP: every rank calls it."""
+        """Everything the next update depends on: weights, optimizer moments, the LR schedule's
+        position, the shuffling generator, the update count, this process's torch RNG (dropout,
+        when on). Collective under FSDP: every rank calls it."""
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=FULL_STATE)
         return {
             "model": model_state,
             "optimizer": optim_state,
+            "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "updates": self.updates,
             "rng": capture_torch_rng(),
@@ -271,6 +292,7 @@ class _Trainer:
             optim_state_dict=state["optimizer"],
             options=FULL_STATE,
         )
+        self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.updates = int(state["updates"])
         restore_torch_rng(state["rng"])
@@ -284,7 +306,7 @@ class HFActor:
         seed_everything(cfg.seed)
         self.cfg = cfg = on_this_machine(cfg)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.scorer = load_scorer(cfg)
+        self.scorer = load_scorer(cfg, cfg.lora)  # LoRA: only the adapters train
         self.model = self.scorer.lm
         self.trainer = _Trainer(self.model, cfg.optim, cfg)
         self.optimizer = self.trainer.optimizer
@@ -312,21 +334,46 @@ class HFActor:
             loss = loss - cfg.entropy_coeff * agg_loss(
                 entropy, mb.response_mask, cfg.optim.loss_agg
             )
+        if cfg.kl_loss is not None:
+            assert mb.teacher_logprobs is not None, "klLoss needs the teacher's logprobs"
+            kl, kl_metrics = kl_loss(
+                logprobs,
+                mb.teacher_logprobs,
+                mb.response_mask,
+                cfg.kl_loss.estimator,
+                cfg.optim.loss_agg,
+            )
+            loss = loss + cfg.kl_loss.coef * kl
+            metrics.update(kl_metrics)
         return loss, metrics
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        return self.trainer.run(batch, self._loss, "actor")
+        lora_dropout = self.cfg.lora is not None and self.cfg.lora.dropout > 0
+        if lora_dropout:
+            self.model.train()  # dropout only while updating; logprobs stay deterministic
+        try:
+            return self.trainer.run(batch, self._loss, "actor")
+        finally:
+            self.model.eval()
+
+    def named_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
+        """The student's full weights under the base model's names, LoRA adapters merged in: on
+        rank 0 (the other ranks yield nothing, but must drain it: each tensor is gathered)."""
+        named = fsdp.full_named_tensors(self.model, dtype)
+        if self.cfg.lora is None:
+            return named
+        return merged_named_tensors(named, lora_scaling(self.cfg.lora))
 
     def get_weights(self) -> Weights:
         """The full weights gathered from the shards, tensor by tensor (bf16 on CUDA), in
         buckets; on ranks other than 0 the buckets are empty (rank 0's payload is the one)."""
         dtype = torch.bfloat16 if self.cfg.device == "cuda" else None
-        named = fsdp.full_named_tensors(self.model, dtype)
-        return Weights(version=self.trainer.updates, buckets=bucketed(named))
+        return Weights(version=self.trainer.updates, buckets=bucketed(self.named_weights(dtype)))
 
     def save_checkpoint(self, uri: str) -> dict[str, int]:
-        """Write `<uri>/actor/` (student, tokenizer, optimizer and trainer state); returns the
-        files written. Every rank calls it; rank 0 writes."""
+        """Write `<uri>/actor/` (student, tokenizer, optimizer and trainer state; under LoRA the
+        peft model with its adapters); returns the files written. Every rank calls it; rank 0
+        writes."""
         state = self.trainer.state_dict()
         return write_role_state(uri, "actor", self.model, state, self.tokenizer)
 
@@ -334,9 +381,15 @@ class HFActor:
         self.trainer.load_state_dict(read_role_state(uri, "actor"))
 
     def export_model(self, uri: str) -> None:
-        """The student in Hugging Face format (save_pretrained + tokenizer) at `uri`."""
-        state = get_model_state_dict(self.model, options=FULL_STATE)
-        export_pretrained(uri, self.model, state, self.tokenizer)
+        """The student in Hugging Face format (save_pretrained + tokenizer) at `uri`; under LoRA
+        the merged model there and its adapters (peft format) in `<uri>/adapter/`."""
+        full = dict(fsdp.full_named_tensors(self.model))  # on rank 0; every rank gathers
+        if self.cfg.lora is None:
+            export_pretrained(uri, self.model, full, self.tokenizer)
+            return
+        merged = dict(merged_named_tensors(full.items(), lora_scaling(self.cfg.lora)))
+        export_pretrained(uri, self.model.get_base_model(), merged, self.tokenizer)
+        export_pretrained(f"{uri.rstrip('/')}/adapter", self.model, full, self.tokenizer)
 
 
 class HFCritic:
