@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from distill_trainer.config import RunOptions
@@ -91,13 +92,15 @@ def test_the_engine_receives_merged_weights_under_the_base_names(
 def test_checkpoint_holds_the_adapters_and_the_export_a_merged_model(lora_run) -> None:
     run, _, out = lora_run
     actor = run.roles.actor
-    adapter_dir, merged_dir = out / "adapter", out / "merged"
-    actor.save(str(adapter_dir))
-    assert (adapter_dir / "adapter_config.json").is_file()
-    assert (adapter_dir / "adapter_model.safetensors").is_file()
-    assert not (adapter_dir / "model.safetensors").exists()
-    actor.save_merged(str(merged_dir))
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    actor.save_checkpoint(str(out / "ckpt"))
+    with safe_open(out / "ckpt" / "actor" / "model.safetensors", "pt") as saved:
+        assert any(".lora_A." in key for key in saved.keys())
+    final = out / "final"
+    actor.export_model(str(final))
+    assert (final / "adapter" / "adapter_config.json").is_file()
+    assert (final / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (final / "adapter" / "model.safetensors").exists()
+    merged = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
     ids = torch.tensor([run.train[0].token_ids])
     with torch.no_grad():
         torch.testing.assert_close(

@@ -383,7 +383,7 @@ class HFActor:
     def export_model(self, uri: str) -> None:
         """The student in Hugging Face format (save_pretrained + tokenizer) at `uri`; under LoRA
         the merged model there and its adapters (peft format) in `<uri>/adapter/`."""
-        full = dict(fsdp.full_named_tensors(self.model))  # on rank 0; every rank gathers
+        full = dict(fsdp.full_named_tensors(self.model, None))  # rank 0 holds it; all gather
         if self.cfg.lora is None:
             export_pretrained(uri, self.model, full, self.tokenizer)
             return
