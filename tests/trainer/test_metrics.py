@@ -34,6 +34,7 @@ DOCUMENTED = {
     "response_length_clip_ratio",
     "throughput_tokens_per_second",
     "training_last_checkpoint_step",
+    "weight_sync_bytes",
 }
 PHASES = {
     "generate",

@@ -75,6 +75,7 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         rollouts = roles.rollout.generate(
             [p.token_ids for p in prompts], alg.rollout_n, run.sampling
         )
+        rollouts.expect_weight_version(run.weight_version)
         batch = rollouts.to_batch(alg.rollout_n)
     with timer("grade"):
         batch.scores = run.grade(batch, [p.ground_truth for p in prompts])
@@ -118,9 +119,11 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         with timer("update_critic"):
             critic_metrics = roles.critic.update(batch)
     with timer("weight_sync"):
-        roles.rollout.load_weights(roles.actor.get_weights())
+        sync_metrics = roles.rollout.load_weights(roles.actor.get_weights())
+        run.weight_version += 1  # the actor's get_weights counts its updates
     rollout = rollout_metrics(batch, student.entropy)
-    return {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **timer.metrics}, batch
+    metrics = {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics}
+    return {**metrics, **timer.metrics}, batch
 
 
 def rollout_metrics(batch: RolloutBatch, entropy: torch.Tensor | None) -> dict[str, float]:
@@ -150,6 +153,7 @@ def validate(run: Run) -> dict[str, float]:
             max_new_tokens=run.sampling.max_new_tokens, greedy=True, logprobs=False
         )
         rollouts = run.roles.rollout.generate([p.token_ids for p in run.val], 1, greedy)
+        rollouts.expect_weight_version(run.weight_version)
         scores = run.grade(rollouts.to_batch(1), [p.ground_truth for p in run.val])
     return {"val/reward": scores.float().mean().item(), **timer.metrics}
 

@@ -47,6 +47,7 @@ GAUGES: dict[str, str] = {
     "response_length/clip_ratio": "Fraction of responses cut at maxResponseLength.",
     "throughput/tokens_per_second": "Prompt and response tokens processed per second of step.",
     "training/last_checkpoint_step": "Step of the newest checkpoint.",
+    "weight_sync/bytes": "Bytes of weights one rollout engine received at the last sync.",
 }
 TIMING_PREFIX = "timing_s/"
 TIMING_PHASES = (

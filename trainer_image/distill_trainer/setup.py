@@ -52,6 +52,7 @@ class Run:
     checkpoint_root: Path
     closers: ExitStack = field(repr=False)
     last_checkpoint: Path | None = None
+    weight_version: int = 0  # what the rollout engines must hold: syncs so far (driver.py)
 
     def grade(self, batch: RolloutBatch, ground_truths: list[str]) -> torch.Tensor:
         """[N] scores of the batch's responses; row i answers prompt i // (N / len(prompts))."""

@@ -26,15 +26,17 @@ from distill_trainer.algorithm import (
     agg_loss,
     entropy_from_logits,
     ppo_policy_loss,
+    rollout_is_weights,
     token_logprobs_from_logits,
     value_loss,
 )
 from distill_trainer.batch import RolloutBatch
 from distill_trainer.checkpoint import CheckpointWriter
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
-from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
+from distill_trainer.roles.base import LogprobOutput, Weights, bucketed, without_aliases
 from distill_trainer.roles.models import (
     autocast,
+    compute_dtype,
     load_model,
     load_tokenizer,
     on_this_machine,
@@ -187,10 +189,15 @@ class HFActor:
         assert cfg.optim is not None
         logits = response_logits(self.model, mb)
         logprobs = token_logprobs_from_logits(logits, mb.response_ids, cfg.temperature)
+        advantages = mb.advantages
+        if cfg.rollout_is_cap is not None and mb.rollout_logprobs is not None:
+            advantages = advantages * rollout_is_weights(
+                mb.old_logprobs, mb.rollout_logprobs, mb.response_mask, cfg.rollout_is_cap
+            )
         loss, metrics = ppo_policy_loss(
             logprobs,
             mb.old_logprobs,
-            mb.advantages,
+            advantages,
             mb.response_mask,
             clip_low=cfg.clip_low,
             clip_high=cfg.clip_high,
@@ -208,7 +215,9 @@ class HFActor:
         return self.trainer.run(batch, self._loss, "actor")
 
     def get_weights(self) -> Weights:
-        named = ((name, t.detach()) for name, t in self.model.state_dict().items())
+        dtype = compute_dtype(self.cfg.device)  # what the engines compute in: bf16 on GPU
+        state = without_aliases(self.model.state_dict().items())
+        named = ((name, t.detach().to(dtype)) for name, t in state)
         return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
     def save(self, path: str) -> None:
