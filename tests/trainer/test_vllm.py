@@ -134,6 +134,16 @@ def test_n_samples_differ_at_temperature_one_and_agree_greedy(engine, prompts) -
     assert greedy.logprobs is None
 
 
+def test_a_step_larger_than_one_scheduler_batch(engine, prompts) -> None:
+    """More prompt tokens than vLLM schedules at once (the demo's 32 prompts × 8 samples): the
+    prefills queue up whole, never split, which vLLM's CPU runner cannot do with seeds."""
+    n, many = 8, prompts * 16
+    out = engine.generate(many, n, sampling(max_new=4))
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(len(p) for p in many) * n > budget
+    assert out.response_ids.shape[0] == len(many) * n
+
+
 def test_update_then_sync_matches_updated_actor(engine, actor, prompts) -> None:
     """A PPO update moves the actor; after the sync vLLM samples from the moved actor (the same
     prompts again, so a prefix cache left from the old weights would show)."""

@@ -128,6 +128,9 @@ class VLLMRolloutEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             max_model_len=min(filter(None, (cfg.max_model_len, context)), default=None),
             enable_prefix_caching=True,  # the n samples of a prompt share its KV blocks
+            # vLLM's CPU runner cannot rewind a seeded request's generator (CPU generators have
+            # no offset), which it does when a prefill is split across steps: so none is split.
+            enable_chunked_prefill=gpu,
             enforce_eager=not gpu if cfg.enforce_eager is None else cfg.enforce_eager,
             # Logprobs after temperature and top-p: the distribution the tokens were drawn from.
             logprobs_mode="processed_logprobs",
