@@ -119,6 +119,11 @@ class LrSchedule(StrEnum):
     COSINE = "cosine"
 
 
+class RolloutEngineName(StrEnum):
+    VLLM = "vllm"
+    HF = "hf"
+
+
 class JobPhase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
@@ -219,6 +224,12 @@ class Algorithm(ApiModel):
     kl_loss: KlLoss | None = Field(
         None, description="Add a KL(student ‖ teacher) loss to the policy loss (unset: off)."
     )
+    rollout_is_cap: float | None = Field(
+        None,
+        ge=1,
+        description="C of the truncated importance-sampling weight min(π_old / π_rollout, C) "
+        "on each token's policy loss, correcting for the rollout engine's numerics; unset: off.",
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Algorithm:
@@ -305,6 +316,16 @@ class Training(ApiModel):
 
 
 class Rollout(ApiModel):
+    engine: RolloutEngineName | None = Field(
+        None,
+        description="Rollout engine: vllm or hf (transformers generate). Unset: vllm where "
+        "rollouts run on GPUs (a DistillJob's cluster), hf on CPU (faster for tiny models).",
+    )
+    enforce_eager: bool | None = Field(
+        None,
+        description="vLLM: run the model eagerly, without CUDA graphs or torch.compile (faster "
+        "start-up, slower decoding). Unset: eager on CPU, compiled on GPU.",
+    )
     temperature: float = Field(0.7, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_prompt_length: int = Field(

@@ -35,6 +35,7 @@ DOCUMENTED = {
     "throughput_tokens_per_second",
     "training_last_checkpoint_step",
     "training_final_model_saved",
+    "weight_sync_bytes",
 }
 PHASES = {
     "generate",

@@ -479,6 +479,26 @@ def kl_loss(
     return loss, {"actor/kl_loss": loss.item()}
 
 
+def rollout_is_weights(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor, cap: float
+) -> Tensor:
+    """Truncated importance-sampling weights for the rollout engine's numerics; [B, T] → [B, T].
+
+    w = min(π_old / π_rollout, C) = min(exp(old − rollout), C) on response tokens, 0 on padding;
+    a constant (no gradient). π_rollout is what the engine sampled from (vLLM's kernels, bf16, a
+    top-p cut), π_old the actor's recomputation of the same tokens, which PPO's ratio assumes
+    sampled them. Multiplying each token's advantage by w weights its policy loss by w (w > 0
+    keeps the sign, so the clip and dual clip are unchanged): verl's and the seed's truncated IS
+    (Yao et al. 2025). Truncating at C bounds the variance; weights below C pass unchanged.
+    """
+    if not cap >= 1.0:
+        raise ValueError(f"rolloutIsCap must be >= 1, got {cap!r}")
+    m = _mask(response_mask, old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs)
+    log_w = torch.where(m, _f32(old_logprobs) - _f32(rollout_logprobs), 0.0)
+    weights = torch.exp(log_w.clamp(max=math.log(cap)))
+    return torch.where(m, weights, 0.0).detach()
+
+
 def value_loss(
     values: Tensor,
     old_values: Tensor,

@@ -88,7 +88,12 @@ class RoleConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig(RoleConfig):
-    generate_batch_size: int | None = None
+    generate_batch_size: int | None = None  # HF: prompts per generate call (vLLM batches itself)
+    # vLLM only (spec.resources.rollout and spec.rollout):
+    max_model_len: int | None = None  # prompt + response limit: the KV cache is sized for it
+    tensor_parallel_size: int = 1  # on GPU; CPU engines run on one device
+    gpu_memory_utilization: float = 0.6
+    enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on GPU
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class ActorConfig(RoleConfig):
     entropy_coeff: float = 0.0
     kl_loss: KlLoss | None = None  # algorithm.klLoss: needs teacher_logprobs in the batch
     lora: LoraConfig | None = None  # student.lora: train adapters only
+    rollout_is_cap: float | None = None  # algorithm.rolloutIsCap; None: no IS correction
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,7 @@ def role_configs(
         **trained,
         kl_loss=spec.algorithm.kl_loss,
         lora=spec.student.lora,
+        rollout_is_cap=spec.algorithm.rollout_is_cap,
         **common,
     )
     teacher = None
@@ -193,7 +200,14 @@ def role_configs(
             **trained,
             **common,
         )
+    group = spec.resources.rollout
     rollout = RolloutConfig(
-        model=student, generate_batch_size=options.generate_batch_size, **common
+        model=student,
+        generate_batch_size=options.generate_batch_size,
+        max_model_len=spec.rollout.max_prompt_length + spec.rollout.max_response_length,
+        tensor_parallel_size=group.tensor_parallel_size,
+        gpu_memory_utilization=group.gpu_memory_utilization,
+        enforce_eager=spec.rollout.enforce_eager,
+        **common,
     )
     return RoleConfigs(rollout=rollout, actor=actor, teacher=teacher, critic=critic)

@@ -93,6 +93,7 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         rollouts = roles.rollout.generate(
             [p.token_ids for p in prompts], alg.rollout_n, run.sampling
         )
+        rollouts.expect_weight_version(run.weight_version)
         batch = rollouts.to_batch(alg.rollout_n)
     with timer("grade"):
         batch.scores = run.grade(batch, prompts)
@@ -137,9 +138,11 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         with timer("update_critic"):
             critic_metrics = roles.critic.update(batch)
     with timer("weight_sync"):
-        roles.rollout.load_weights(roles.actor.get_weights())
+        sync_metrics = roles.rollout.load_weights(roles.actor.get_weights())
+        run.weight_version += 1  # the actor's get_weights counts its updates
     rollout = rollout_metrics(batch, student.entropy)
-    return {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **timer.metrics}, batch
+    metrics = {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics}
+    return {**metrics, **timer.metrics}, batch
 
 
 def rollout_metrics(batch: RolloutBatch, entropy: torch.Tensor | None) -> dict[str, float]:
@@ -184,6 +187,7 @@ def validate(run: Run) -> dict[str, float]:
         for start in range(0, len(run.val), t.val_batch_size):
             prompts = run.val[start : start + t.val_batch_size]
             rollouts = run.roles.rollout.generate([p.token_ids for p in prompts], t.val_n, sampling)
+            rollouts.expect_weight_version(run.weight_version)
             parts.append(run.grade(rollouts.to_batch(t.val_n), prompts))
     scores = torch.cat(parts).view(len(run.val), t.val_n)  # prompt-major, as the engine returns
     correct = scores >= 1.0  # the grader gives 1.0 to a correct answer only
@@ -227,6 +231,7 @@ def resume(run: Run) -> None:
             raise CheckpointError(f"checkpoint {manifest.uri} has no critic to resume")
         roles.critic.load_checkpoint(manifest.uri)
     roles.rollout.load_weights(roles.actor.get_weights())
+    run.weight_version = manifest.step  # one actor update per step: the restored weights' version
     state = from_bytes(run.resume.store.read_bytes(f"{run.resume.name}/{DRIVER_STATE}"))
     restore_rng(state["rng"])
     roles.rollout.load_sampling_state(state["rollout"])

@@ -48,6 +48,7 @@ GAUGES: dict[str, str] = {
     "throughput/tokens_per_second": "Prompt and response tokens processed per second of step.",
     "training/last_checkpoint_step": "Step of the newest checkpoint.",
     "training/final_model_saved": "1 once the trained student is exported to <uri>/final/.",
+    "weight_sync/bytes": "Bytes of weights one rollout engine received at the last sync.",
 }
 TIMING_PREFIX = "timing_s/"
 TIMING_PHASES = (

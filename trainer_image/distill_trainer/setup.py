@@ -60,6 +60,7 @@ class Run:
     resume: ResumePoint | None = None  # the checkpoint this run continues from
     last_checkpoint: str | None = None  # URI of the newest committed checkpoint
     final_model: str | None = None  # URI of the exported student, once written
+    weight_version: int = 0  # what the rollout engines must hold: syncs so far (driver.py)
 
     @property
     def start_step(self) -> int:

@@ -78,12 +78,17 @@ def build_tokenizer() -> Qwen2Tokenizer:
 
 @dataclass(frozen=True)
 class TinyModelConfig:
-    """Shape of a tiny Qwen2 decoder."""
+    """Shape of a tiny Qwen2 decoder.
+
+    The head size is hidden_size / num_heads (vLLM's Qwen2 derives it so, ignoring a config's
+    `head_dim`), and the defaults make it 64: vLLM's CPU attention accepts 32, 64, 80, … but not
+    the 16 of four heads over 64 dims, and the demo runs on either rollout engine.
+    """
 
     hidden_size: int = 64
     num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 1
+    num_kv_heads: int = 1
     intermediate_size: int = 192
     max_positions: int = 256
 
@@ -100,6 +105,7 @@ def build_model(
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_kv_heads,
+        head_dim=config.hidden_size // config.num_heads,
         max_position_embeddings=config.max_positions,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,

@@ -6,6 +6,10 @@ constructed: no teacher when useKlInAdvantage is off, no critic unless advEstima
 With useKlInAdvantage on and klPenaltyCoef 0 the teacher is still built and scores every batch:
 the spec ties the teacher to useKlInAdvantage, and coef 0 is a legitimate ablation that logs the
 KL (distill/kl_per_token) without letting it move the advantage.
+
+The rollout engine is `spec.rollout.engine`; unset, it is vLLM where rollouts run on GPUs (a
+DistillJob's Ray cluster, whose rollout workers advertise the `rollout` resource and have GPUs, or
+a local GPU) and `LOCAL_ENGINE` on CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from distill_api import DistillJobSpec
+from distill_api.v1alpha1 import RolloutEngineName
 from distill_trainer.config import RoleConfigs
 from distill_trainer.roles.base import (
     Actor,
@@ -28,6 +33,8 @@ from distill_trainer.roles.base import (
 )
 
 log = logging.getLogger(__name__)
+# The faster engine for the tiny demo models on CPU (docs/spec.md has the measurements).
+LOCAL_ENGINE = RolloutEngineName.HF
 
 __all__ = [
     "Actor",
@@ -70,11 +77,11 @@ def build_roles(
     pad_token_id: int,
 ) -> Roles:
     """Construct each needed role, in-process or as Ray actor groups."""
-    from distill_trainer.roles.rollout_hf import HFRolloutEngine
     from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher
 
+    engine = rollout_engine(spec, configs.rollout.device, backend)
     wanted: dict[str, tuple[type, Any]] = {
-        "rollout": (HFRolloutEngine, configs.rollout),
+        "rollout": (_engine_class(engine), configs.rollout),
         "actor": (HFActor, configs.actor),
     }
     if configs.teacher is not None:
@@ -83,12 +90,41 @@ def build_roles(
         wanted["critic"] = (HFCritic, configs.critic)
     built: dict[str, Any] = {"teacher": None, "critic": None}
     for name, (cls, cfg) in wanted.items():
-        log.info("building %s (%s) from %s", name, backend, cfg.model)
+        log.info("building %s (%s, %s) from %s", name, backend, cls.__name__, cfg.model)
         if backend == "inprocess":
             built[name] = cls(cfg)
         else:
             built[name] = _ray_group(name, cls, cfg, spec, len(wanted), pad_token_id)
     return Roles(**built)
+
+
+def rollout_engine(spec: DistillJobSpec, device: str, backend: str) -> RolloutEngineName:
+    """The spec's engine, else vLLM on GPUs and LOCAL_ENGINE on CPU."""
+    from distill_trainer.roles.models import resolve_device
+
+    if spec.rollout.engine is not None:
+        return spec.rollout.engine
+    if device == "cpu":
+        return LOCAL_ENGINE
+    if resolve_device(device) == "cuda":
+        return RolloutEngineName.VLLM
+    if backend == "ray":
+        import ray
+
+        if ray.cluster_resources().get("rollout", 0) > 0:  # a DistillJob's cluster: GPU workers
+            return RolloutEngineName.VLLM
+    return LOCAL_ENGINE
+
+
+def _engine_class(engine: RolloutEngineName) -> type:
+    """Each engine's module is imported only when chosen: vLLM only where it runs."""
+    if engine == RolloutEngineName.VLLM:
+        from distill_trainer.roles.rollout_vllm import VLLMRolloutEngine
+
+        return VLLMRolloutEngine
+    from distill_trainer.roles.rollout_hf import HFRolloutEngine
+
+    return HFRolloutEngine
 
 
 def _ray_group(

@@ -38,6 +38,15 @@ class Rollouts:
     response_mask: Tensor  # [N, R] float, 1.0 up to and including the first EOS
     logprobs: Tensor | None  # [N, R] behaviour logprobs, 0.0 on padding
     truncated: Tensor  # [N] bool: cut at max_new_tokens without an EOS
+    weight_version: int = 0  # the `Weights.version` the engine sampled with
+
+    def expect_weight_version(self, expected: int) -> None:
+        """Raise `StaleWeightsError` unless these were sampled with weights `expected`."""
+        if self.weight_version != expected:
+            raise StaleWeightsError(
+                f"rollouts were sampled with weight version {self.weight_version}, but the actor "
+                f"synced version {expected}: the rollout engine missed a weight sync"
+            )
 
     def to_batch(self, n: int) -> RolloutBatch:
         """The training batch layout, with group ids = prompt index (n responses each)."""
@@ -57,6 +66,9 @@ class Rollouts:
         """Rows of several Rollouts in order, re-padded to common widths."""
         if len(parts) == 1:
             return parts[0]
+        versions = sorted({p.weight_version for p in parts})
+        if len(versions) > 1:
+            raise StaleWeightsError(f"rollout replicas hold different weight versions {versions}")
         logprobs = None
         if all(p.logprobs is not None for p in parts):
             logprobs = pad_cat([p.logprobs for p in parts], 0.0, left=False)
@@ -67,7 +79,12 @@ class Rollouts:
             response_mask=pad_cat([p.response_mask for p in parts], 0.0, left=False),
             logprobs=logprobs,
             truncated=torch.cat([p.truncated for p in parts]),
+            weight_version=versions[0],
         )
+
+
+class StaleWeightsError(RuntimeError):
+    """Rollouts sampled with other weights than the actor's last sync: never trained on."""
 
 
 DEFAULT_BUCKET_BYTES = 256 << 20  # weight-sync bucket size (verl and vLLM use 256 MiB–1 GiB)
@@ -92,6 +109,18 @@ class Weights:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self.items())
+
+
+def without_aliases(named: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+    """Named tensors minus those that share storage with an earlier one: a tied model's
+    `lm_head.weight` is its `embed_tokens.weight`, and engines tie it again on load."""
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, tensor in named:
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        yield name, tensor
 
 
 def bucketed(
@@ -124,8 +153,9 @@ class RolloutEngine(Protocol):
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams
     ) -> Rollouts: ...
 
-    def load_weights(self, weights: Weights) -> None:
-        """Take the actor's weights (what `Actor.get_weights` returned)."""
+    def load_weights(self, weights: Weights) -> dict[str, float]:
+        """Take the actor's weights (what `Actor.get_weights` returned); rollouts sampled after
+        this carry `weights.version`. Returns `weight_sync/bytes`: bytes this engine received."""
 
     def sampling_state(self) -> dict[str, Any]:
         """What the next samples depend on besides the weights (RNG states, seed counters), so

@@ -22,7 +22,7 @@ Calls are dispatched by kind:
 
 - sharded (`generate`, `compute_logprobs`, `compute_values`): the rows are split across the
   replicas and the results concatenated in order;
-- broadcast (`load_weights`): every replica gets the same argument;
+- broadcast (`load_weights`): every replica gets the same argument; replica 0's answer returns;
 - by reference (`get_weights`): returns the Ray ObjectRef, which a later broadcast passes on
   from object store to workers without a round trip through the driver;
 - anything else runs on replica 0.
@@ -147,8 +147,7 @@ class RayRoleGroup:
         if method in BY_REFERENCE:
             return getattr(self.handles[0], method).remote(*args, **kwargs)
         if method in BROADCAST:
-            ray.get([getattr(h, method).remote(*args, **kwargs) for h in self.handles])
-            return None
+            return ray.get([getattr(h, method).remote(*args, **kwargs) for h in self.handles])[0]
         if method in SHARDED and len(self.handles) > 1:
             shards = split_rows(args[0], len(self.handles))
             refs = [

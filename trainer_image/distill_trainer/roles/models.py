@@ -40,6 +40,12 @@ def on_this_machine(cfg: _Cfg) -> _Cfg:
     return dataclasses.replace(cfg, device=resolve_device(cfg.device))
 
 
+def compute_dtype(device: str) -> torch.dtype:
+    """What inference runs in: bf16 on CUDA, float32 on CPU (slow bf16 kernels there). Weights
+    travel to the rollout engines in it, so a GPU sync moves half the bytes of float32."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
@@ -50,7 +56,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 def load_model(cfg: RoleConfig, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
     """Load a model for a role: eval mode always (no dropout: logprobs must be reproducible)."""
-    dtype = torch.float32 if cfg.train or cfg.device == "cpu" else torch.bfloat16
+    dtype = torch.float32 if cfg.train else compute_dtype(cfg.device)
     model = auto_class.from_pretrained(cfg.model, dtype=dtype, **kwargs).to(cfg.device)
     model.eval()
     if not cfg.train:

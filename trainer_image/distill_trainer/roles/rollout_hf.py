@@ -22,7 +22,7 @@ from transformers import (
 
 from distill_trainer.checkpoint.state import capture_torch_rng, restore_torch_rng
 from distill_trainer.config import RolloutConfig
-from distill_trainer.roles.base import Rollouts, SamplingParams, Weights
+from distill_trainer.roles.base import Rollouts, SamplingParams, Weights, without_aliases
 from distill_trainer.roles.models import (
     autocast,
     load_model,
@@ -159,11 +159,21 @@ class HFRolloutEngine:
             response_mask=response_mask.cpu(),
             logprobs=logprobs,
             truncated=truncated_rows(response_ids, eos_ids).cpu(),
+            weight_version=self.weight_version,
         )
 
-    def load_weights(self, weights: Weights) -> None:
-        self.model.load_state_dict(dict(weights.items()))
+    def load_weights(self, weights: Weights) -> dict[str, float]:
+        """Copy the tensors in; only a tied alias (lm_head.weight) may be absent."""
+        result = self.model.load_state_dict(dict(weights.items()), strict=False)
+        needed = dict(without_aliases(self.model.state_dict().items()))
+        missing = [name for name in result.missing_keys if name in needed]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"weights do not match the rollout model: missing {missing}, "
+                f"unexpected {result.unexpected_keys}"
+            )
         self.weight_version = weights.version
+        return {"weight_sync/bytes": float(weights.nbytes)}
 
     def sampling_state(self) -> dict[str, Any]:
         """`generate` samples from this process's global torch generators."""

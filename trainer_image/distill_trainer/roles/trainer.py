@@ -37,6 +37,7 @@ from distill_trainer.algorithm import (
     kl_loss,
     lr_factor,
     ppo_policy_loss,
+    rollout_is_weights,
     token_logprobs_from_hidden,
     value_loss,
 )
@@ -58,10 +59,11 @@ from distill_trainer.checkpoint.state import (
 )
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles import fsdp
-from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
+from distill_trainer.roles.base import LogprobOutput, Weights, bucketed, without_aliases
 from distill_trainer.roles.lora import apply_lora, lora_scaling, merged_named_tensors
 from distill_trainer.roles.models import (
     autocast,
+    compute_dtype,
     load_tokenizer,
     on_this_machine,
     seed_everything,
@@ -320,10 +322,15 @@ class HFActor:
         assert mb.old_logprobs is not None and mb.advantages is not None
         assert cfg.optim is not None
         logprobs, entropy = self.scorer(mb, with_entropy=cfg.entropy_coeff > 0)
+        advantages = mb.advantages
+        if cfg.rollout_is_cap is not None and mb.rollout_logprobs is not None:
+            advantages = advantages * rollout_is_weights(
+                mb.old_logprobs, mb.rollout_logprobs, mb.response_mask, cfg.rollout_is_cap
+            )
         loss, metrics = ppo_policy_loss(
             logprobs,
             mb.old_logprobs,
-            mb.advantages,
+            advantages,
             mb.response_mask,
             clip_low=cfg.clip_low,
             clip_high=cfg.clip_high,
@@ -365,10 +372,11 @@ class HFActor:
         return merged_named_tensors(named, lora_scaling(self.cfg.lora))
 
     def get_weights(self) -> Weights:
-        """The full weights gathered from the shards, tensor by tensor (bf16 on CUDA), in
-        buckets; on ranks other than 0 the buckets are empty (rank 0's payload is the one)."""
-        dtype = torch.bfloat16 if self.cfg.device == "cuda" else None
-        return Weights(version=self.trainer.updates, buckets=bucketed(self.named_weights(dtype)))
+        """The full weights gathered from the shards, tensor by tensor, in the engines' compute
+        dtype (bf16 on GPU), tied aliases dropped (engines tie them again), in buckets; on ranks
+        other than 0 the buckets are empty (rank 0's payload is the one)."""
+        named = without_aliases(self.named_weights(compute_dtype(self.cfg.device)))
+        return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
     def save_checkpoint(self, uri: str) -> dict[str, int]:
         """Write `<uri>/actor/` (student, tokenizer, optimizer and trainer state; under LoRA the
