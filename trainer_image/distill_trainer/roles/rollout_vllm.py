@@ -215,3 +215,10 @@ class VLLMRolloutEngine:
         seconds = time.perf_counter() - started
         log.debug("vLLM weights v%d loaded in %.3fs", weights.version, seconds)
         return {"weight_sync/bytes": float(sum(moved))}
+
+    def sampling_state(self) -> dict[str, Any]:
+        """Where the per-step seeds stand: vLLM's samples are a function of the request seeds."""
+        return {"seeds": self.seeds.getstate()}
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        self.seeds.setstate(state["seeds"])
