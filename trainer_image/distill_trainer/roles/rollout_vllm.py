@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +64,28 @@ def _keep_torch_threads() -> Iterator[None]:
     finally:
         torch.set_num_threads = set_num_threads
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def _unbound_proxies_hidden() -> Iterator[None]:
+    """Hide, while the engine starts, the modules whose globals are unbound werkzeug proxies.
+
+    vLLM's CPU start-up (`triton_utils.dispatcher._rebind_kernels`) calls `hasattr` on every
+    global of every loaded module; an unbound `LocalProxy` (flask's `request`, `g`, …, loaded by
+    e.g. moto's S3 server in the same process) raises RuntimeError there, not AttributeError, and
+    the engine fails to start. `type()` does not touch the proxy, so finding them is safe.
+    """
+    hidden = {
+        name: module
+        for name, module in list(sys.modules.items())
+        if any(type(v).__name__ == "LocalProxy" for v in getattr(module, "__dict__", {}).values())
+    }
+    for name in hidden:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 def _plain_cpu_linear() -> None:
@@ -109,7 +132,7 @@ class VLLMRolloutEngine:
         hf_config = AutoConfig.from_pretrained(cfg.model)
         # vLLM ties lm_head to the embeddings itself: a tied model's lm_head.weight is not loaded.
         self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-        with _keep_torch_threads():
+        with _keep_torch_threads(), _unbound_proxies_hidden():
             self.llm = self._start(LLM, cfg, hf_config)
         self.weight_version = 0  # the actor's initial weights, as loaded from cfg.model
         self.seeds = random.Random(cfg.seed)
