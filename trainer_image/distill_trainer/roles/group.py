@@ -118,7 +118,24 @@ def replica_config(cfg: Any, rank: int) -> Any:
     return dataclasses.replace(cfg, seed=cfg.seed + rank)
 
 
-class RayRoleGroup:
+class _CalledLikeTheRole:
+    """Any public method name becomes `self._call(method, args, kwargs)`: a group answers the
+    role's own method surface, so the driver cannot tell it from the role class."""
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._call(method, args, kwargs)
+
+        return call
+
+    def _call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class RayRoleGroup(_CalledLikeTheRole):
     """Replicas of one role class as Ray actors, called like the class itself."""
 
     def __init__(self, role_cls: type, cfg: Any, placement: Placement, pad_token_id: int = 0):
@@ -133,15 +150,6 @@ class RayRoleGroup:
         self.pad_token_id = pad_token_id
         # Surface a failing constructor (missing model, bad path) here, not at the first call.
         ray.get([h.__ray_ready__.remote() for h in self.handles])
-
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._call(method, args, kwargs)
-
-        return call
 
     def _call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         if method in BY_REFERENCE:
@@ -204,7 +212,7 @@ class WorkerFailed(RuntimeError):
     """A rank of a training group died or raised; the message names the role and the rank."""
 
 
-class RayTrainingGroup:
+class RayTrainingGroup(_CalledLikeTheRole):
     """The ranks of one training role (actor, critic, teacher) as one sharded model."""
 
     SCATTERED = frozenset({"compute_logprobs", "compute_values"})
@@ -224,15 +232,6 @@ class RayTrainingGroup:
             for rank, h in enumerate(self.handles)
         ]
         self._wait(starts)
-
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._call(method, args, kwargs)
-
-        return call
 
     def _call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         if method in self.SCATTERED:
