@@ -33,7 +33,7 @@ GAUGES: dict[str, str] = {
     "training/total_steps": "Steps this run will take.",
     "training/epoch": "Current pass over the training set (0-based).",
     "training_step_reward": "Mean grader score of the step's responses.",
-    "val/reward": "Mean grader score of greedy responses on the validation set.",
+    "val/reward": "Mean grader score over valN responses per validation problem (1: greedy).",
     "distill/kl_per_token": "Mean per-token KL(student ‖ teacher) on response tokens.",
     "distill/kl_coef": "α, the weight of the teacher KL in the advantage.",
     "actor/entropy": "Mean per-token entropy of the student on the step's responses.",

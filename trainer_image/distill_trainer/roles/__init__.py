@@ -2,7 +2,8 @@
 
 `build_roles` is the one place that knows the backend: `inprocess` builds the HF roles as plain
 objects, `ray` builds the same classes inside Ray actors. A role the spec does not need is never
-constructed: no teacher when useKlInAdvantage is off, no critic unless advEstimator is gae.
+constructed: no teacher unless useKlInAdvantage or algorithm.klLoss needs it, no critic unless
+advEstimator is gae.
 With useKlInAdvantage on and klPenaltyCoef 0 the teacher is still built and scores every batch:
 the spec ties the teacher to useKlInAdvantage, and coef 0 is a legitimate ablation that logs the
 KL (distill/kl_per_token) without letting it move the advantage.
