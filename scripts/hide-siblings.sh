@@ -2,8 +2,10 @@
 # Run a command with every sibling of the checkout hidden, so that anything reading outside the
 # repository (a ../shared folder, a neighbouring clone) fails as it would on a user's machine.
 #   scripts/hide-siblings.sh make test          (.ci/run does exactly this)
-# In a private mount namespace (unshare, as root) each sibling directory gets an empty read-only
-# tmpfs over it and each sibling file /dev/null; the interpreter's own prefix is never hidden.
+# In a private mount namespace (unshare, as root) each sibling directory gets an empty tmpfs over
+# it and each sibling file /dev/null; the interpreter's own prefix is never hidden. The tmpfs is
+# writable: a checkout inside /tmp has pytest's and Ray's temp folders as siblings, and those must
+# start empty, not refuse writes.
 # Without unshare it says so and runs the command unisolated.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd -P)
@@ -29,7 +31,7 @@ for entry in "$parent"/*; do
   [[ $entry -ef $repo ]] && continue
   for path in "${keep[@]}"; do [[ $path == "$entry" || $path == "$entry"/* ]] && continue 2; done
   if [[ -d $entry && ! -L $entry ]]; then
-    mount -t tmpfs -o ro,size=64k tmpfs "$entry"
+    mount -t tmpfs -o mode=1777 tmpfs "$entry"
   elif [[ -f $entry && ! -L $entry ]]; then
     mount --bind /dev/null "$entry"
   else
