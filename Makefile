@@ -81,7 +81,7 @@ e2e: install  ## On a real cluster (kind + KubeRay): see docs/e2e.md
 
 bench: install  ## Benchmarks (not part of make test; ~10 min on 2 cores); results in bench/results/
 	$(PY) bench/grader.py
-	$(PY) bench/operator.py
+	$(PY) bench/operator_reconcile.py
 	$(PY) bench/step.py
 	$(PY) bench/vs_trl.py
 
