@@ -111,18 +111,22 @@ def _plain_cpu_linear() -> None:
 
 
 def _reload_weights(worker: Any, weights: Weights, tied: bool) -> int:
-    """Runs on each vLLM worker: stream the buckets into the model in place; returns bytes.
-
-    A tied lm_head shares the embedding's parameter, but on CPU vLLM packs its own copy of it
-    for the logits GEMM when the model loads; the reload re-packs only layers it loaded
-    weights into, so the lm_head is re-processed here (a no-op on GPU, which packs nothing).
-    """
+    """Runs on each vLLM worker: stream the buckets into the model in place; returns bytes."""
     named = [(name, t) for name, t in weights.items() if not (tied and name == "lm_head.weight")]
     worker.model_runner.reload_weights(weights_iterator=iter(named))
-    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
-    if tied and hasattr(lm_head, "quant_method"):
-        lm_head.quant_method.process_weights_after_loading(lm_head)
+    if tied:
+        _repack_tied_head(worker)
     return sum(t.numel() * t.element_size() for _, t in named)
+
+
+def _repack_tied_head(worker: Any) -> None:
+    """A tied lm_head shares the embedding's parameter, but on CPU vLLM packs its own copy of it
+    for the logits GEMM when the model loads; a reload (either path) re-packs only layers it
+    loaded weights into, so the lm_head is re-processed here (a no-op on GPU, which packs
+    nothing)."""
+    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
+    if hasattr(lm_head, "quant_method"):
+        lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
 def llm_kwargs(cfg: RolloutConfig, hf_config: Any) -> dict[str, Any]:
@@ -286,6 +290,8 @@ class VLLMRolloutEngine:
     def finish_weight_update(self, version: int) -> None:
         """vLLM finalises the layerwise reload; then `_synced(version)`, as after a reload."""
         self.llm.finish_weight_update(weight_version=str(version))
+        if self.tied:
+            self.llm.collective_rpc(_repack_tied_head)
         self._synced(version)
 
     def sampling_state(self) -> dict[str, Any]:
