@@ -219,6 +219,3 @@ class WeightSender:
         self.client.version = version
         self.engine.send_weights()
         return {"weight_sync/bytes": float(self.source.nbytes)}
-
-    def close(self) -> None:
-        self.engine.shutdown()
