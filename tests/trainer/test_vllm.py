@@ -217,6 +217,7 @@ def test_nccl_receiver_lifecycle_loads_the_senders_packed_stream(engine, actor, 
     batch.old_logprobs = actor.compute_logprobs(batch).logprobs
     batch.advantages = torch.where(batch.response_mask.bool(), torch.randn(batch.size, 1), 0.0)
     actor.update(batch)
+    version = actor.trainer.updates
     engine.start_weight_update()
     with pytest.raises(RuntimeError, match="NCCL weight transfer not initialized"):
         engine.update_weights({"names": [], "dtype_names": [], "shapes": []})
@@ -231,10 +232,10 @@ def test_nccl_receiver_lifecycle_loads_the_senders_packed_stream(engine, actor, 
         named = unpack_tensor(received, chunk.names, chunk.shapes, chunk.dtypes, sizes)
         engine.llm.collective_rpc(_load_received, args=(named,))
         chunks += 1
-    engine.finish_weight_update(actor.trainer.updates)
-    assert chunks > 2 and engine.weight_version == actor.trainer.updates == 2
+    engine.finish_weight_update(version)
+    assert chunks > 2 and engine.weight_version == version > 0
     after = engine.generate(prompts, n, sampling())
-    assert after.weight_version == 2
+    assert after.weight_version == version
     recomputed = actor.compute_logprobs(after.to_batch(n)).logprobs
     gap = (after.logprobs - recomputed).abs()[after.response_mask.bool()]
     assert gap.max().item() < 1e-3, gap.max()

@@ -121,9 +121,10 @@ def _reload_weights(worker: Any, weights: Weights, tied: bool) -> int:
 
 def _repack_tied_head(worker: Any) -> None:
     """A tied lm_head shares the embedding's parameter, but on CPU vLLM packs its own copy of it
-    for the logits GEMM when the model loads; a reload (either path) re-packs only layers it
-    loaded weights into, so the lm_head is re-processed here (a no-op on GPU, which packs
-    nothing)."""
+    for the logits GEMM when the model loads; `reload_weights` re-packs only layers it loaded
+    weights into, so the lm_head is re-processed here (a no-op on GPU, which packs nothing).
+    The weight-transfer lifecycle (start/finish_weight_update) needs no such step: the nccl
+    receiver test matches the actor without it."""
     lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
     if hasattr(lm_head, "quant_method"):
         lm_head.quant_method.process_weights_after_loading(lm_head)
@@ -290,8 +291,6 @@ class VLLMRolloutEngine:
     def finish_weight_update(self, version: int) -> None:
         """vLLM finalises the layerwise reload; then `_synced(version)`, as after a reload."""
         self.llm.finish_weight_update(weight_version=str(version))
-        if self.tied:
-            self.llm.collective_rpc(_repack_tied_head)
         self._synced(version)
 
     def sampling_state(self) -> dict[str, Any]:
