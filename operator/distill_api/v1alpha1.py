@@ -124,6 +124,14 @@ class RolloutEngineName(StrEnum):
     HF = "hf"
 
 
+class WeightSync(StrEnum):
+    """How the actor's weights reach the rollout engines after each update."""
+
+    AUTO = "auto"  # nccl where the actor and vLLM engines hold GPUs of separate workers
+    RELOAD = "reload"  # through Ray's object store into vLLM's in-place reload (or HF's load)
+    NCCL = "nccl"  # vLLM's NCCL weight-transfer engine: a broadcast from actor rank 0's GPU
+
+
 class JobPhase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
@@ -316,6 +324,18 @@ class Training(ApiModel):
 
 
 class Rollout(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.weightSync != 'nccl' || (has(self.engine) && self.engine == 'vllm')",
+                    "weightSync nccl needs engine vllm",
+                    ".weightSync",
+                )
+            ]
+        }
+    )
+
     engine: RolloutEngineName | None = Field(
         None,
         description="Rollout engine: vllm or hf (transformers generate). Unset: vllm where "
@@ -332,6 +352,24 @@ class Rollout(ApiModel):
         4096, ge=1, description="Prompt tokens; longer prompts are skipped and counted."
     )
     max_response_length: int = Field(4098, ge=1, description="Most tokens generated per response.")
+    weight_sync: WeightSync = Field(
+        WeightSync.AUTO,
+        description="How the actor's weights reach the engines after each update: reload (Ray's "
+        "object store, then vLLM's in-place reload), nccl (vLLM's NCCL weight-transfer engine, "
+        "broadcast from the actor's GPU; needs engine vllm and actor GPUs), or auto: nccl where "
+        "vLLM engines and the actor hold GPUs of separate workers (a DistillJob's cluster), "
+        "reload elsewhere.",
+    )
+
+    @model_validator(mode="after")
+    def _nccl_needs_vllm(self) -> Rollout:
+        if self.weight_sync == WeightSync.NCCL and self.engine != RolloutEngineName.VLLM:
+            raise FieldError(
+                "weightSync",
+                "nccl needs engine vllm (vLLM's weight-transfer engine receives the broadcast; "
+                f"engine is {self.engine.value if self.engine else 'unset'})",
+            )
+        return self
 
 
 class Data(ApiModel):
@@ -509,6 +547,11 @@ class Checkpoint(ApiModel):
 
 _SPEC_RULES = [
     _cel(
+        "self.rollout.weightSync != 'nccl' || self.resources.actor.gpusPerReplica > 0",
+        "rollout.weightSync nccl needs the actor on GPUs (resources.actor.gpusPerReplica > 0)",
+        ".rollout.weightSync",
+    ),
+    _cel(
         "self.algorithm.advEstimator != 'gae' || has(self.resources.critic)",
         "advEstimator gae needs a critic worker group (resources.critic)",
         ".resources",
@@ -610,6 +653,13 @@ class DistillJobSpec(ApiModel):
                 "resources.rollout.gpusPerReplica",
                 f"{rollout.gpus_per_replica} is not a multiple of tensorParallelSize "
                 f"{rollout.tensor_parallel_size}",
+            )
+        nccl = self.rollout.weight_sync == WeightSync.NCCL
+        if nccl and not self.resources.actor.gpus_per_replica:
+            raise FieldError(
+                "rollout.weightSync",
+                "nccl needs the actor on GPUs (resources.actor.gpusPerReplica is 0): actor rank 0 "
+                "broadcasts the weights from its GPU",
             )
         if self.algorithm.adv_estimator == AdvEstimator.GAE and self.resources.critic is None:
             raise FieldError("resources.critic", "required when algorithm.advEstimator is gae")

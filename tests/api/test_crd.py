@@ -174,12 +174,30 @@ def test_cel_accepts_the_examples() -> None:
             lambda s: s["checkpoint"].update(volume={"claimName": "c", "mountPath": "/ckpt"}),
             "uri must be a path under volume.mountPath",
         ),
+        (lambda s: s["rollout"].update(weightSync="nccl"), "weightSync nccl needs engine vllm"),
+        (
+            lambda s: s["rollout"].update(weightSync="nccl", engine="hf"),
+            "weightSync nccl needs engine vllm",
+        ),
+        (
+            lambda s: (
+                s["rollout"].update(weightSync="nccl", engine="vllm"),
+                s["resources"]["actor"].update(gpusPerReplica=0),
+            ),
+            "nccl needs the actor on GPUs",
+        ),
     ],
 )
 def test_cel_rejects_what_pydantic_rejects(mutate, message: str) -> None:
     spec = defaulted_spec()
     mutate(spec)
     assert any(message in m for m in failing_messages(spec)), failing_messages(spec)
+
+
+def test_cel_allows_nccl_with_vllm_and_actor_gpus() -> None:
+    spec = defaulted_spec()
+    spec["rollout"].update(weightSync="nccl", engine="vllm")
+    assert failing_messages(spec) == []
 
 
 def test_cel_allows_gae_with_critic_and_one_rollout() -> None:

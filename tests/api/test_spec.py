@@ -151,6 +151,25 @@ def test_snake_and_camel_case_both_accepted_in_python() -> None:
             "multiple of tensorParallelSize",
         ),
         ({"rollout": {"topP": 1.5}}, "spec.rollout.topP", "less than"),
+        ({"rollout": {"weightSync": "ipc"}}, "spec.rollout.weightSync", "'nccl'"),
+        (
+            {"rollout": {"weightSync": "nccl"}},
+            "spec.rollout.weightSync",
+            "nccl needs engine vllm",
+        ),
+        (
+            {"rollout": {"weightSync": "nccl", "engine": "hf"}},
+            "spec.rollout.weightSync",
+            "engine is hf",
+        ),
+        (
+            {
+                "rollout": {"weightSync": "nccl", "engine": "vllm"},
+                "resources": {"actor": {"gpusPerReplica": 0}},
+            },
+            "spec.rollout.weightSync",
+            "nccl needs the actor on GPUs",
+        ),
         ({"resources": {"actor": {"memory": "lots"}}}, "spec.resources.actor.memory", "pattern"),
         ({"grader": {"replicas": 0}}, "spec.grader.replicas", "greater than"),
         ({"student": None}, "spec.student", "valid dictionary"),
@@ -174,6 +193,13 @@ def test_invalid_spec_names_the_field(overrides: dict, field: str, fragment: str
     line = next((ln for ln in message.splitlines() if ln.startswith(f"{field}:")), None)
     assert line is not None, message
     assert fragment in line
+
+
+def test_weight_sync_defaults_to_auto_and_takes_nccl_with_vllm() -> None:
+    assert load_job(MINIMAL).spec.rollout.weight_sync == "auto"
+    job = load_job(with_spec(rollout={"engine": "vllm", "weightSync": "nccl"}))
+    assert job.spec.rollout.weight_sync == "nccl"
+    assert load_job(with_spec(rollout={"engine": "hf", "weightSync": "reload"}))
 
 
 def test_missing_student_names_the_field() -> None:

@@ -1,7 +1,10 @@
 """The vLLM rollout engine, for real: vLLM's CPU build on a tiny model of the demo's shape.
 
 One engine serves every test of this module (start-up takes seconds); the training runs build
-their own, in-process and inside a local Ray actor. The model is the demo's student shape
+their own, in-process and inside a local Ray actor. The shared engine is built with vLLM's NCCL
+weight-transfer receiver (rollout.weightSync nccl) as well: the reload path runs beside it, and
+the receiver's lifecycle runs for real, with vLLM's packed buffers handed over in-process where
+a GPU cluster would broadcast them (NCCL needs GPUs). The model is the demo's student shape
 (head size 64, which vLLM's CPU attention accepts), fine-tuned for a few seconds to answer the
 arithmetic prompts with `\\boxed{d}` and a roughly uniform digit d, so samples at temperature 1
 differ and responses end with an EOS after a few tokens.
@@ -56,7 +59,12 @@ def engine(demo_student: Path):
     from distill_trainer.roles.rollout_vllm import VLLMRolloutEngine
 
     return VLLMRolloutEngine(
-        RolloutConfig(**_common(demo_student), micro_batch_size=16, max_model_len=64 + MAX_NEW)
+        RolloutConfig(
+            **_common(demo_student),
+            micro_batch_size=16,
+            max_model_len=64 + MAX_NEW,
+            weight_transfer="nccl",
+        )
     )
 
 
@@ -161,6 +169,73 @@ def test_update_then_sync_matches_updated_actor(engine, actor, prompts) -> None:
     assert 1e-2 < moved.max() < 2.0  # the update changed the model (a step of a sane size)
     after = engine.generate(prompts, n, sampling())
     assert after.weight_version == 1
+    recomputed = actor.compute_logprobs(after.to_batch(n)).logprobs
+    gap = (after.logprobs - recomputed).abs()[after.response_mask.bool()]
+    assert gap.max().item() < 1e-3, gap.max()
+
+
+def test_llm_kwargs_carry_the_weight_transfer_config(demo_student: Path) -> None:
+    from transformers import AutoConfig
+
+    from distill_trainer.roles.rollout_vllm import llm_kwargs
+
+    hf_config = AutoConfig.from_pretrained(demo_student)
+    cpu = RolloutConfig(**_common(demo_student), micro_batch_size=16)
+    assert "weight_transfer_config" not in llm_kwargs(cpu, hf_config)  # reload: nothing to add
+    gpu = dataclasses.replace(cpu, device="cuda", weight_transfer="nccl", tensor_parallel_size=2)
+    kwargs = llm_kwargs(gpu, hf_config)
+    assert kwargs["weight_transfer_config"].backend == "nccl"
+    assert (kwargs["dtype"], kwargs["tensor_parallel_size"]) == ("bfloat16", 2)
+
+
+def test_engine_workers_hold_vllms_nccl_receiver(engine) -> None:
+    assert engine.llm.llm_engine.vllm_config.weight_transfer_config.backend == "nccl"
+    receivers = engine.llm.collective_rpc(_receiver_class)
+    assert receivers == ["NCCLWeightTransferEngine"]
+    assert engine.weight_transfer_ranks() == 1  # one worker on CPU: NCCL rank offset + 0
+
+
+def _receiver_class(worker) -> str:
+    return type(worker.weight_transfer_engine).__name__
+
+
+def _load_received(worker, named: list) -> None:
+    """What vLLM's NCCLWeightTransferEngine does with each received buffer, once unpacked."""
+    worker.weight_transfer_engine.model.load_weights(named)
+
+
+def test_nccl_receiver_lifecycle_loads_the_senders_packed_stream(engine, actor, prompts) -> None:
+    """After an update, the actor's NCCL stream (ActorWeightSource, vLLM's packing) goes through
+    the engine's start_weight_update / update / finish_weight_update; vLLM then samples from the
+    updated actor, at the actor's version. An update before the NCCL group exists is refused."""
+    from vllm.distributed.weight_transfer.packed_tensor import pack_tensors, unpack_tensor
+
+    from distill_trainer.roles.weight_transfer import ActorWeightSource
+
+    n = 4
+    batch = engine.generate(prompts, n, sampling()).to_batch(n)
+    batch.old_logprobs = actor.compute_logprobs(batch).logprobs
+    batch.advantages = torch.where(batch.response_mask.bool(), torch.randn(batch.size, 1), 0.0)
+    actor.update(batch)
+    version = actor.trainer.updates
+    engine.start_weight_update()
+    with pytest.raises(RuntimeError, match="NCCL weight transfer not initialized"):
+        engine.update_weights({"names": [], "dtype_names": [], "shapes": []})
+    # The failed update ended vLLM's session with the layers still waiting on the meta device:
+    # the engine samples again only after a start/finish pair (here, the sync below).
+    source = ActorWeightSource(actor.model, torch.float32, "cpu")
+    engine.start_weight_update()
+    stream, chunks = iter(source), 0
+    while (chunk := pack_tensors(stream, lambda item: item[1], source.nbytes // 4)) is not None:
+        received = chunk.packed_tensor.clone()  # the receiver's buffer after the broadcast
+        sizes = chunk.tensor_sizes
+        named = unpack_tensor(received, chunk.names, chunk.shapes, chunk.dtypes, sizes)
+        engine.llm.collective_rpc(_load_received, args=(named,))
+        chunks += 1
+    engine.finish_weight_update(version)
+    assert chunks > 2 and engine.weight_version == version > 0
+    after = engine.generate(prompts, n, sampling())
+    assert after.weight_version == version
     recomputed = actor.compute_logprobs(after.to_batch(n)).logprobs
     gap = (after.logprobs - recomputed).abs()[after.response_mask.bool()]
     assert gap.max().item() < 1e-3, gap.max()

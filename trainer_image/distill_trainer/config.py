@@ -94,6 +94,9 @@ class RolloutConfig(RoleConfig):
     tensor_parallel_size: int = 1  # on GPU; CPU engines run on one device
     gpu_memory_utilization: float = 0.6
     enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on GPU
+    # vLLM's weight-transfer backend the engine is built with ("nccl"), set by build_roles when
+    # rollout.weightSync resolves to nccl; None: in-place reload only.
+    weight_transfer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         with timer("update_critic"):
             critic_metrics = roles.critic.update(batch)
     with timer("weight_sync"):
-        sync_metrics = roles.rollout.load_weights(roles.actor.get_weights())
+        sync_metrics = roles.sync_weights()
         run.weight_version += 1  # the actor's get_weights counts its updates
     rollout = rollout_metrics(batch, student.entropy)
     metrics = {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics}
@@ -230,7 +230,7 @@ def resume(run: Run) -> None:
         if "critic" not in manifest.roles:
             raise CheckpointError(f"checkpoint {manifest.uri} has no critic to resume")
         roles.critic.load_checkpoint(manifest.uri)
-    roles.rollout.load_weights(roles.actor.get_weights())
+    roles.sync_weights()
     run.weight_version = manifest.step  # one actor update per step: the restored weights' version
     state = from_bytes(run.resume.store.read_bytes(f"{run.resume.name}/{DRIVER_STATE}"))
     restore_rng(state["rng"])

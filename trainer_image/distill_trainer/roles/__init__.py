@@ -10,17 +10,21 @@ KL (distill/kl_per_token) without letting it move the advantage.
 
 The rollout engine is `spec.rollout.engine`; unset, it is vLLM where rollouts run on GPUs (a
 DistillJob's Ray cluster, whose rollout workers advertise the `rollout` resource and have GPUs, or
-a local GPU) and `LOCAL_ENGINE` on CPU.
+a local GPU) and `LOCAL_ENGINE` on CPU. How weights reach the engines is
+`spec.rollout.weightSync` (roles/weight_transfer.py `weight_sync_path`): nccl, vLLM's NCCL
+weight-transfer engine set up here once the roles are up, where vLLM engines and the actor hold
+GPUs of separate workers; reload (the `Weights` buckets) everywhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from distill_api import DistillJobSpec
-from distill_api.v1alpha1 import RolloutEngineName
+from distill_api.v1alpha1 import RolloutEngineName, WeightSync
 from distill_trainer.config import RoleConfigs
 from distill_trainer.roles.base import (
     Actor,
@@ -57,6 +61,14 @@ class Roles:
     actor: Actor
     teacher: Teacher | None
     critic: Critic | None
+    weight_sync: WeightSync = WeightSync.RELOAD  # resolved: reload or nccl
+
+    def sync_weights(self) -> dict[str, float]:
+        """The actor's current weights to the rollout engines, by the run's path; returns the
+        `weight_sync/*` metrics."""
+        if self.weight_sync == WeightSync.NCCL:
+            return self.actor.send_weights()  # rank 0 drives the engines (weight_transfer.py)
+        return self.rollout.load_weights(self.actor.get_weights())
 
     @property
     def names(self) -> list[str]:
@@ -81,8 +93,12 @@ def build_roles(
     from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher
 
     engine = rollout_engine(spec, configs.rollout.device, backend)
+    sync = weight_sync(spec, engine, backend)
+    rollout_cfg = configs.rollout
+    if sync == WeightSync.NCCL:
+        rollout_cfg = dataclasses.replace(rollout_cfg, weight_transfer="nccl")
     wanted: dict[str, tuple[type, Any]] = {
-        "rollout": (_engine_class(engine), configs.rollout),
+        "rollout": (_engine_class(engine), rollout_cfg),
         "actor": (HFActor, configs.actor),
     }
     if configs.teacher is not None:
@@ -96,7 +112,23 @@ def build_roles(
             built[name] = cls(cfg)
         else:
             built[name] = _ray_group(name, cls, cfg, spec, len(wanted), pad_token_id)
-    return Roles(**built)
+    if sync == WeightSync.NCCL:  # the engines and actor rank 0 rendezvous inside this call
+        log.info("weight sync: vLLM's NCCL weight transfer from actor rank 0")
+        built["actor"].init_weight_transfer(built["rollout"].handles)
+    return Roles(**built, weight_sync=sync)
+
+
+def weight_sync(spec: DistillJobSpec, engine: RolloutEngineName, backend: str) -> WeightSync:
+    """`spec.rollout.weightSync` resolved for this run (`weight_sync_path`)."""
+    from distill_trainer.roles.weight_transfer import separate_gpu_workers, weight_sync_path
+
+    separate = False
+    if backend == "ray" and spec.rollout.weight_sync != WeightSync.RELOAD:
+        import ray
+
+        actor_gpus = spec.resources.actor.gpus_per_replica
+        separate = separate_gpu_workers(ray.cluster_resources(), actor_gpus)
+    return weight_sync_path(spec.rollout.weight_sync, engine, separate)
 
 
 def rollout_engine(spec: DistillJobSpec, device: str, backend: str) -> RolloutEngineName:

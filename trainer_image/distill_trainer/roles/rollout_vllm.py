@@ -6,14 +6,23 @@ image and HF-only runs never import vLLM. It runs inside the process that owns i
 in-process, a Ray actor of the rollout group on a cluster): `VLLM_ENABLE_V1_MULTIPROCESSING=0`
 keeps vLLM's engine core in that process, so weight syncs hand tensors over without serialising.
 
-Weight sync is vLLM's in-place reload: `LLM.collective_rpc` runs `_reload_weights` on every
-worker, which calls `worker.model_runner.reload_weights(weights_iterator=...)` (vLLM's
-`model_loader/reload/inplace.py`: the model's own `load_weights`, so checkpoint names, fused
-qkv/gate-up projections and tensor-parallel sharding are handled by vLLM), then the prefix cache
-is reset, since its KV blocks were computed by the old weights. The same RPC runs on CPU and GPU
-workers. vLLM's weight-transfer engines (`vllm/distributed/weight_transfer/`, NCCL broadcast
-from the trainer's GPUs) are the faster cluster path for large models; they need the actor group
-to join an NCCL group with the engines and are not wired in yet (docs/spec.md).
+Weights arrive after every update by one of two paths (`rollout.weightSync`, docs/spec.md):
+
+- reload (CPU, a local GPU, and wherever nccl cannot run): `load_weights` gets the actor's
+  `Weights` buckets (through Ray's object store on Ray) and `LLM.collective_rpc` runs
+  `_reload_weights` on every worker, which calls `worker.model_runner.reload_weights(
+  weights_iterator=...)` (vLLM's `model_loader/reload/inplace.py`: the model's own
+  `load_weights`, so checkpoint names, fused qkv/gate-up projections and tensor-parallel sharding
+  are handled by vLLM). The same RPC runs on CPU and GPU workers.
+- nccl (a DistillJob's cluster: vLLM engines and the actor on GPUs of separate workers): the LLM
+  is built with vLLM's `weight_transfer_config` (backend nccl), so each worker holds vLLM's
+  `NCCLWeightTransferEngine`; actor rank 0 broadcasts from its GPU into the workers' GPUs and
+  drives this engine through `init_weight_transfer` (once), then per sync
+  `start_weight_update`, `update_weights`, `finish_weight_update` (roles/weight_transfer.py has
+  the protocol). vLLM loads what arrives with the same layerwise reload as the reload path.
+
+Either way the prefix cache is reset afterwards (its KV blocks were computed by the old weights)
+and the engine takes the actor's weight version, which every rollout then carries.
 """
 
 from __future__ import annotations
@@ -102,18 +111,51 @@ def _plain_cpu_linear() -> None:
 
 
 def _reload_weights(worker: Any, weights: Weights, tied: bool) -> int:
-    """Runs on each vLLM worker: stream the buckets into the model in place; returns bytes.
-
-    A tied lm_head shares the embedding's parameter, but on CPU vLLM packs its own copy of it
-    for the logits GEMM when the model loads; the reload re-packs only layers it loaded
-    weights into, so the lm_head is re-processed here (a no-op on GPU, which packs nothing).
-    """
+    """Runs on each vLLM worker: stream the buckets into the model in place; returns bytes."""
     named = [(name, t) for name, t in weights.items() if not (tied and name == "lm_head.weight")]
     worker.model_runner.reload_weights(weights_iterator=iter(named))
-    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
-    if tied and hasattr(lm_head, "quant_method"):
-        lm_head.quant_method.process_weights_after_loading(lm_head)
+    if tied:
+        _repack_tied_head(worker)
     return sum(t.numel() * t.element_size() for _, t in named)
+
+
+def _repack_tied_head(worker: Any) -> None:
+    """A tied lm_head shares the embedding's parameter, but on CPU vLLM packs its own copy of it
+    for the logits GEMM when the model loads; `reload_weights` re-packs only layers it loaded
+    weights into, so the lm_head is re-processed here (a no-op on GPU, which packs nothing).
+    The weight-transfer lifecycle (start/finish_weight_update) needs no such step: the nccl
+    receiver test matches the actor without it."""
+    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
+    if hasattr(lm_head, "quant_method"):
+        lm_head.quant_method.process_weights_after_loading(lm_head)
+
+
+def llm_kwargs(cfg: RolloutConfig, hf_config: Any) -> dict[str, Any]:
+    """`vllm.LLM`'s arguments for the rollout config (device already resolved)."""
+    gpu = cfg.device == "cuda"
+    context = getattr(hf_config, "max_position_embeddings", None)
+    kwargs: dict[str, Any] = dict(
+        model=cfg.model,
+        dtype="bfloat16" if gpu else "float32",
+        seed=cfg.seed,
+        tensor_parallel_size=cfg.tensor_parallel_size if gpu else 1,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=min(filter(None, (cfg.max_model_len, context)), default=None),
+        enable_prefix_caching=True,  # the n samples of a prompt share its KV blocks
+        # vLLM's CPU runner cannot rewind a seeded request's generator (CPU generators have
+        # no offset), which it does when a prefill is split across steps: so none is split.
+        enable_chunked_prefill=gpu,
+        enforce_eager=not gpu if cfg.enforce_eager is None else cfg.enforce_eager,
+        # Logprobs after temperature and top-p: the distribution the tokens were drawn from.
+        logprobs_mode="processed_logprobs",
+        # Not the checkpoint's sampling defaults (repetition_penalty, top_k, ...): only ours.
+        generation_config="vllm",
+    )
+    if cfg.weight_transfer is not None:  # each worker builds vLLM's receiving engine
+        from vllm.config import WeightTransferConfig
+
+        kwargs["weight_transfer_config"] = WeightTransferConfig(backend=cfg.weight_transfer)
+    return kwargs
 
 
 class VLLMRolloutEngine:
@@ -139,27 +181,9 @@ class VLLMRolloutEngine:
 
     @staticmethod
     def _start(llm_class: Any, cfg: RolloutConfig, hf_config: Any) -> Any:
-        gpu = cfg.device == "cuda"
-        if not gpu:
+        if cfg.device != "cuda":
             _plain_cpu_linear()
-        context = getattr(hf_config, "max_position_embeddings", None)
-        return llm_class(
-            model=cfg.model,
-            dtype="bfloat16" if gpu else "float32",
-            seed=cfg.seed,
-            tensor_parallel_size=cfg.tensor_parallel_size if gpu else 1,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=min(filter(None, (cfg.max_model_len, context)), default=None),
-            enable_prefix_caching=True,  # the n samples of a prompt share its KV blocks
-            # vLLM's CPU runner cannot rewind a seeded request's generator (CPU generators have
-            # no offset), which it does when a prefill is split across steps: so none is split.
-            enable_chunked_prefill=gpu,
-            enforce_eager=not gpu if cfg.enforce_eager is None else cfg.enforce_eager,
-            # Logprobs after temperature and top-p: the distribution the tokens were drawn from.
-            logprobs_mode="processed_logprobs",
-            # Not the checkpoint's sampling defaults (repetition_penalty, top_k, ...): only ours.
-            generation_config="vllm",
-        )
+        return llm_class(**llm_kwargs(cfg, hf_config))
 
     def _sampling_params(self, n: int, sampling: SamplingParams, seed: int) -> Any:
         from vllm import SamplingParams as VLLMSamplingParams
@@ -229,15 +253,45 @@ class VLLMRolloutEngine:
         )
 
     def load_weights(self, weights: Weights) -> dict[str, float]:
-        """Reload in place on every worker, then drop the prefix cache the old weights built."""
+        """The reload path: reload in place on every worker, then `_synced`."""
         started = time.perf_counter()
         moved = self.llm.collective_rpc(_reload_weights, args=(weights, self.tied))
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM kept its prefix cache: KV blocks of the old weights in use")
-        self.weight_version = weights.version
+        self._synced(weights.version)
         seconds = time.perf_counter() - started
         log.debug("vLLM weights v%d loaded in %.3fs", weights.version, seconds)
         return {"weight_sync/bytes": float(sum(moved))}
+
+    def _synced(self, version: int) -> None:
+        """Drop the prefix cache the old weights built; rollouts now carry `version`."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM kept its prefix cache: KV blocks of the old weights in use")
+        self.weight_version = version
+
+    # The nccl path (roles/weight_transfer.py): actor rank 0 calls these on every replica.
+
+    def weight_transfer_ranks(self) -> int:
+        """Ranks this engine's workers take in the weight-transfer group (TP × PP)."""
+        return int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the sender's NCCL group (blocks until every rank has joined)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Receive the broadcast described by `update_info` (names, dtype names, shapes)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+
+    def finish_weight_update(self, version: int) -> None:
+        """vLLM finalises the layerwise reload; then `_synced(version)`, as after a reload."""
+        self.llm.finish_weight_update(weight_version=str(version))
+        self._synced(version)
 
     def sampling_state(self) -> dict[str, Any]:
         """Where the per-step seeds stand: vLLM's samples are a function of the request seeds."""

@@ -378,6 +378,23 @@ class HFActor:
         named = without_aliases(self.named_weights(compute_dtype(self.cfg.device)))
         return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
+    def init_weight_transfer(self, engines: list[Any]) -> None:
+        """Join vLLM's NCCL weight transfer with the rollout engines' Ray actors (the nccl path of
+        roles/weight_transfer.py); every rank calls it, rank 0 becomes the sender."""
+        from distill_trainer.roles.weight_transfer import ActorWeightSource, WeightSender
+
+        lora, merge = self.cfg.lora, None
+        if lora is not None:
+            merge = lambda named: merged_named_tensors(named, lora_scaling(lora))  # noqa: E731
+        dtype = compute_dtype(self.cfg.device)
+        source = ActorWeightSource(self.model, dtype, self.cfg.device, merge)
+        self.weight_sender = WeightSender(source, engines)
+
+    def send_weights(self) -> dict[str, float]:
+        """Broadcast the current weights to the engines (after `init_weight_transfer`), as the
+        version `get_weights` would carry; every rank calls it."""
+        return self.weight_sender.send(self.trainer.updates)
+
     def save_checkpoint(self, uri: str) -> dict[str, int]:
         """Write `<uri>/actor/` (student, tokenizer, optimizer and trainer state; under LoRA the
         peft model with its adapters); returns the files written. Every rank calls it; rank 0
