@@ -67,9 +67,9 @@ class DemoConfig:
     # The teacher trains until it is near-perfect; the student stops early, at a constant rate,
     # like an early checkpoint of a long run: its answers are well formed, ~15% of them right.
     # (A student whose rate decayed to the end learned more slowly under both RL and distillation.)
-    # Not longer: at this constant rate the greedy reward swings between nearby checkpoints (0.26
-    # at 150 steps, 0.16 at 300, 0.665 at 350, 0.525 at 450), and from the 300-step one pure RL
-    # and distillation alike jump to ≈ 0.6 within 5 steps: annealing, which hides the objective.
+    # Not longer: at this constant rate the greedy reward swings between checkpoints (0.16 after
+    # 300 steps; 0.665 after 350 and 0.525 after 450 in another run), and from the 300-step one
+    # pure RL and distillation alike jumped to ≈ 0.6 within 5 steps: annealing hides the objective.
     teacher_sft: tiny.SftConfig = field(default_factory=lambda: tiny.SftConfig(steps=1200))
     student_sft: tiny.SftConfig = field(
         default_factory=lambda: tiny.SftConfig(steps=150, cosine=False)
