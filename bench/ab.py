@@ -11,7 +11,9 @@ Groups (each prints a table and goes to the result file):
 - actor: `compute_logprobs` (old logprobs with and without the entropy) and `update` at
   micro-batch 16 rows vs the token budget alone, gradient checkpointing on and off;
 - teacher: `compute_logprobs` at 16 rows vs the token budget;
-- grade: the step's 256 responses through the grading pool alone vs the in-process fast path.
+- grade: the step's 256 responses through the grading pool alone vs the in-process fast path;
+- ray (only with `--only ray`): the step's batch to an idle Ray actor and back, as each role call
+  on the Ray backend moves it.
 """
 
 from __future__ import annotations
@@ -109,6 +111,37 @@ def grade_variants(run: Any, batch: Any, prompts: list[Any]) -> dict[str, Callab
     return {"grade/pool": with_grader(pool_only), "grade/fast_path": with_grader(fast)}
 
 
+class _Receiver:
+    """A Ray actor that only receives: what a role call costs beyond the role's own work."""
+
+    def rows(self, batch: Any) -> int:
+        return batch.size
+
+    def version(self, weights: Any) -> int:
+        return weights.version
+
+    def logprobs(self, batch: Any) -> Any:
+        return batch.response_mask.clone()  # an [N, R] float result, as compute_logprobs returns
+
+
+def ray_variants(run: Any, batch: Any) -> dict[str, Callable[[], Any]]:
+    """Round trips of the step's batch to an idle actor: by value, through one ray.put, and
+    with an [N, R] result coming back; and a weight sync's payload."""
+    import ray
+
+    step_bench.start_ray(1)
+    actor = ray.remote(_Receiver).options(num_cpus=0).remote()
+    ray.get(actor.rows.remote(batch))
+    weights = run.roles.actor.get_weights()
+    return {
+        "ray/batch_by_value": lambda: ray.get(actor.rows.remote(batch)),
+        "ray/batch_put_once": lambda: ray.get(actor.rows.remote(ray.put(batch))),
+        "ray/batch_and_result": lambda: ray.get(actor.logprobs.remote(batch)),
+        "ray/weights": lambda: ray.get(actor.version.remote(weights)),
+        "ray/noop_call": lambda: ray.get(actor.rows.remote(batch.select(slice(0, 1)))),
+    }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     step_bench.add_work_flags(parser)
@@ -138,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "actor": lambda: actor_variants(run, batch, case.job),
             "teacher": lambda: teacher_variants(run, batch, case.job),
             "grade": lambda: grade_variants(run, batch, prompts),
+            "ray": lambda: ray_variants(run, batch),
         }
         results: dict[str, Any] = {}
         for group in args.only:

@@ -6,7 +6,8 @@ event on a watch; samples the operator's RSS and CPU time from /proc meanwhile. 
 with a fresh server and operator: a burst (all jobs at once, the worst case for queueing) and a
 paced run (--rate jobs per second, the latency of one job on a busy operator).
 
-    .venv/bin/python bench/operator_reconcile.py [--jobs 500] [--rate 10] [--out bench/results/operator.json]
+    .venv/bin/python bench/operator_reconcile.py [--jobs 500] [--rate 10]
+        [--out bench/results/operator.json]
 
 Numbers depend on the machine (and on anything else running there): the result file records
 the CPU count and versions next to them.
