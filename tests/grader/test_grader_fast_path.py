@@ -100,8 +100,8 @@ def test_only_the_undecided_items_reach_the_rest_in_order() -> None:
 @pytest.fixture(scope="module")
 def graders() -> Iterator[tuple[LocalGrader, LocalGrader]]:
     with (
-        LocalGrader(workers=2, fast_path=True) as fast,
-        LocalGrader(workers=2, fast_path=False) as pool,
+        LocalGrader(workers=1, fast_path=True) as fast,
+        LocalGrader(workers=1, fast_path=False) as pool,
     ):
         yield fast, pool
 
@@ -110,5 +110,6 @@ def test_local_grader_with_fast_path_equals_the_pool_alone(
     graders: tuple[LocalGrader, LocalGrader],
 ) -> None:
     fast, pool = graders
-    items = _items()
+    # The trivial cases and a sample of the others (each of those costs math-verify twice).
+    items = [item for item in _items() if grade_trivially(item) is not None] + _items()[::10]
     assert [_key(r) for r in fast.grade(items)] == [_key(r) for r in pool.grade(items)]

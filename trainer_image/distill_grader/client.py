@@ -81,7 +81,7 @@ def grade_trivially(item: GradeRequestItem) -> GradeResult | None:
     if too_long or item.data_source in GRADING_RULES:  # another rule than grade_answer's
         return None
     try:
-        extracted = extract_answer(item.response)
+        extracted = _extract_cached(item.response)
         if extracted is None:
             return GradeResult(id=item.id, score=0.0, reason=Reason.NO_ANSWER, extracted=None)
         same = _fast_match_cached(extracted, item.ground_truth)
@@ -93,7 +93,14 @@ def grade_trivially(item: GradeRequestItem) -> GradeResult | None:
     return GradeResult(id=item.id, score=float(same), reason=reason, extracted=extracted)
 
 
-@lru_cache(maxsize=4096)  # the samples of a prompt share its ground truth and repeat answers
+# Models repeat whole responses and answers, and a prompt's samples share its ground truth; the
+# strings are short (TRIVIAL_MAX_CHARS), so the caches stay small.
+@lru_cache(maxsize=8192)
+def _extract_cached(response: str) -> str | None:
+    return extract_answer(response)
+
+
+@lru_cache(maxsize=8192)
 def _fast_match_cached(extracted: str, ground_truth: str) -> bool | None:
     return fast_match(extracted, ground_truth)
 
