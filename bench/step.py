@@ -203,6 +203,7 @@ def run_ours(case: Case, backend: str, args: argparse.Namespace) -> Timed:
         device="cpu",
         output_dir=args.work / f"{case.name}-{backend}".replace("/", "-"),
         micro_batch_size=args.micro_batch_size,
+        old_logprobs_from_rollout=args.old_logprobs_from_rollout,
         val_before_train=False,
         max_val_prompts=1,  # the last step validates (outside the step's timing): keep it cheap
         progress=False,
@@ -446,6 +447,7 @@ def config_of(cases: Sequence[Case], args: argparse.Namespace) -> dict[str, Any]
         "micro_batch_size": args.micro_batch_size,
         "max_tokens_per_micro_batch": spec.training.max_tokens_per_micro_batch,
         "gradient_checkpointing": spec.training.gradient_checkpointing,
+        "old_logprobs_from_rollout": args.old_logprobs_from_rollout,
         "timed_steps": args.steps * args.rounds,
         "warmup_steps": args.warmup,
         "rounds": args.rounds,
@@ -466,6 +468,11 @@ def add_work_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="training.gradientCheckpointing for ours (default off, as TRL's and the floor)",
+    )
+    parser.add_argument(
+        "--old-logprobs-from-rollout",
+        action="store_true",
+        help="ours with RunOptions.old_logprobs_from_rollout (no old-logprob pass, as TRL)",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="P=V")
     for flag in ("batch-size", "rollout-n", "response-length", "ppo-mini-batch-size"):

@@ -307,6 +307,7 @@ def work_of(case: Any, args: argparse.Namespace) -> dict[str, Any]:
         "ours_micro_batch_size": args.micro_batch_size,
         "ours_max_tokens_per_micro_batch": spec.training.max_tokens_per_micro_batch,
         "gradient_checkpointing": spec.training.gradient_checkpointing,  # TRL's: off
+        "ours_old_logprobs_from_rollout": args.old_logprobs_from_rollout,
         "timed_steps": args.steps,
         "warmup_steps": args.warmup,
     }

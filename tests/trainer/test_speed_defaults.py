@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from distill_api import DistillJobSpec
 from distill_trainer.algorithm import entropy_from_logits, token_logprobs_from_logits
 from distill_trainer.batch import micro_batch_rows
 from distill_trainer.config import ActorConfig, OptimConfig, RolloutConfig, RunOptions, role_configs
+from distill_trainer.driver import train_step
 from distill_trainer.roles import SamplingParams
 from distill_trainer.roles.rollout_hf import HFRolloutEngine
 from distill_trainer.roles.trainer import HFActor
+from distill_trainer.setup import setup_run
 
 
 def test_the_default_micro_batch_is_the_token_budget_not_16_rows() -> None:
@@ -56,3 +59,32 @@ def test_old_logprobs_with_entropy_equal_two_separate_passes(student_dir: Path) 
     assert alone.entropy is None
     torch.testing.assert_close(alone.logprobs, fused.logprobs, atol=0, rtol=0)
     assert (fused.entropy[~mask] == 0).all() and (fused.entropy[mask] > 0).all()
+
+
+def test_old_logprobs_from_rollout_skip_the_pass_and_train_the_same(
+    make_job, teacher_dir: Path, tmp_path: Path
+) -> None:
+    """The HF engine on CPU samples with the actor's float32 weights: its behaviour logprobs are
+    the old logprobs, so skipping the actor's pass changes the update only by rounding."""
+    job = make_job(teacher={"model": str(teacher_dir)})
+    steps = {}
+    for bypass in (False, True):
+        options = RunOptions(
+            backend="inprocess", device="cpu", output_dir=tmp_path / str(bypass), progress=False,
+            old_logprobs_from_rollout=bypass,
+        )  # fmt: skip
+        run = setup_run(job, options)
+        try:
+            steps[bypass] = train_step(run, run.train[:2], old_logprobs_from_rollout=bypass)
+        finally:
+            run.close()
+    (plain, plain_batch), (bypassed, batch) = steps[False], steps[True]
+    assert torch.equal(batch.input_ids, plain_batch.input_ids)  # the same samples
+    assert batch.old_logprobs is batch.rollout_logprobs
+    torch.testing.assert_close(batch.old_logprobs, plain_batch.old_logprobs, atol=1e-5, rtol=0)
+    assert "timing_s/old_logprob" not in bypassed and "actor/entropy" not in bypassed
+    assert "timing_s/old_logprob" in plain and "actor/entropy" in plain
+    for key in ("actor/pg_loss", "actor/grad_norm", "distill/kl_per_token"):
+        assert bypassed[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
+    assert RunOptions(old_logprobs_from_rollout=True).math_options()["oldLogprobsFromRollout"]
+    assert "oldLogprobsFromRollout" not in RunOptions().math_options()

@@ -94,8 +94,13 @@ class PhaseTimer:
 _GRADING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
 
 
-def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float], RolloutBatch]:
-    """One step of on-policy distillation on a batch of prompts; returns its metrics and batch."""
+def train_step(
+    run: Run, prompts: list[EncodedPrompt], old_logprobs_from_rollout: bool = False
+) -> tuple[dict[str, float], RolloutBatch]:
+    """One step of on-policy distillation on a batch of prompts; returns its metrics and batch.
+
+    `old_logprobs_from_rollout` (RunOptions): the engine's behaviour logprobs are the old
+    logprobs, and the actor's scoring pass is skipped."""
     roles, alg, timer = run.roles, run.spec.algorithm, PhaseTimer()
     with timer("generate"):
         rollouts = roles.rollout.generate(
@@ -105,9 +110,13 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         batch = rollouts.to_batch(alg.rollout_n)
     with timer("grade"):  # submitted here, awaited before the advantage: both parts count
         grading = _GRADING.submit(run.grade, batch, prompts)
-    with timer("old_logprob"):
-        student = roles.actor.compute_logprobs(batch, with_entropy=True)
-        batch.old_logprobs = student.logprobs
+    entropy = None
+    if old_logprobs_from_rollout and batch.rollout_logprobs is not None:
+        batch.old_logprobs = batch.rollout_logprobs
+    else:
+        with timer("old_logprob"):
+            student = roles.actor.compute_logprobs(batch, with_entropy=True)
+            batch.old_logprobs, entropy = student.logprobs, student.entropy
     if roles.teacher is not None:
         with timer("teacher_logprob"):
             batch.teacher_logprobs = roles.teacher.compute_logprobs(batch)
@@ -150,7 +159,7 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
     with timer("weight_sync"):
         sync_metrics = roles.rollout.load_weights(roles.actor.get_weights())
         run.weight_version += 1  # the actor's get_weights counts its updates
-    rollout = rollout_metrics(batch, student.entropy)
+    rollout = rollout_metrics(batch, entropy)
     metrics = {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics}
     return {**metrics, **timer.metrics}, batch
 
@@ -310,7 +319,7 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
     for step in range(run.start_step + 1, run.total_steps + 1):
         epoch, prompts = next(batches)
         started = time.perf_counter()
-        metrics, _ = train_step(run, prompts)
+        metrics, _ = train_step(run, prompts, options.old_logprobs_from_rollout)
         seconds = time.perf_counter() - started
         tokens = sum(len(p.token_ids) for p in prompts) * run.spec.algorithm.rollout_n
         tokens += metrics["response_length/mean"] * len(prompts) * run.spec.algorithm.rollout_n
