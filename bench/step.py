@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -198,10 +199,12 @@ def step_phases(history: Sequence[dict[str, float]], warmup: int) -> Timed:
 
 def run_ours(case: Case, backend: str, args: argparse.Namespace) -> Timed:
     """Train the job for warm-up + timed steps with our trainer; per-step phase times."""
+    output_dir = args.work / f"{case.name}-{backend}".replace("/", "-")
+    shutil.rmtree(output_dir, ignore_errors=True)  # a previous run's checkpoint would resume
     options = RunOptions(
         backend=backend,
         device="cpu",
-        output_dir=args.work / f"{case.name}-{backend}".replace("/", "-"),
+        output_dir=output_dir,
         micro_batch_size=args.micro_batch_size,
         old_logprobs_from_rollout=args.old_logprobs_from_rollout,
         val_before_train=False,
