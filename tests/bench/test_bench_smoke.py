@@ -72,9 +72,7 @@ def test_step_breakdown_on_both_backends(demo_out: Path, tmp_path: Path) -> None
     assert results["machine"]["torch_threads_in_actors"] == 1
 
 
-def test_vs_trl_same_work(
-    demo_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_vs_trl_same_work(demo_out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Restored after the test: on sys.path, bench/ reaches every later test's subprocesses
     # through PYTHONPATH (torch inductor's ISA probe passes sys.path on), where a script's name
     # can shadow a module of the standard library.
