@@ -11,7 +11,8 @@ one process with plain torch/transformers: HF generate, a student forward, a tea
 on) and one forward+backward+AdamW per optimizer step, with nothing else in between.
 
     .venv/bin/python bench/step.py [JOB.yaml ...] [--steps 10] [--warmup 2] [--rounds 1]
-        [--backends inprocess,ray] [--threads N] [--micro-batch-size 16] [--set PATH=VALUE]
+        [--backends inprocess,ray] [--kl on,off] [--threads N] [--micro-batch-size 1024]
+        [--[no-]gradient-checkpointing] [--set PATH=VALUE]
         [--batch-size B] [--rollout-n N] [--response-length R] [--ppo-mini-batch-size M]
         [--train-size 2000] [--teacher-sft-steps 1200] [--student-sft-steps 150]
         [--demo-out out/demo] [--machine-load TEXT] [--out bench/results/step.json]
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -96,6 +98,8 @@ class Case:
 def size_overrides(args: argparse.Namespace) -> list[str]:
     """`--set` overrides from the size flags (only the ones given)."""
     fields = {
+        # TRL's trainers are configured without it and the floor has none: the same work here.
+        "training.gradientCheckpointing": str(args.gradient_checkpointing).lower(),
         "training.batchSize": args.batch_size,
         "algorithm.rolloutN": args.rollout_n,
         "rollout.maxResponseLength": args.response_length,
@@ -132,7 +136,7 @@ def load_cases(args: argparse.Namespace) -> list[Case]:
     cases = []
     for path, base in files:
         overrides = [*base, *size_overrides(args), *args.overrides, *steps]
-        for kl in (True, False):
+        for kl in (kl == "on" for kl in args.kl):
             job = load_document(Path(path), [*overrides, f"algorithm.useKlInAdvantage={kl}"])
             prefix = "" if not args.jobs else f"{job.metadata.name}/"
             cases.append(Case(f"{prefix}kl_{'on' if kl else 'off'}", job))
@@ -195,11 +199,14 @@ def step_phases(history: Sequence[dict[str, float]], warmup: int) -> Timed:
 
 def run_ours(case: Case, backend: str, args: argparse.Namespace) -> Timed:
     """Train the job for warm-up + timed steps with our trainer; per-step phase times."""
+    output_dir = args.work / f"{case.name}-{backend}".replace("/", "-")
+    shutil.rmtree(output_dir, ignore_errors=True)  # a previous run's checkpoint would resume
     options = RunOptions(
         backend=backend,
         device="cpu",
-        output_dir=args.work / f"{case.name}-{backend}".replace("/", "-"),
+        output_dir=output_dir,
         micro_batch_size=args.micro_batch_size,
+        old_logprobs_from_rollout=args.old_logprobs_from_rollout,
         val_before_train=False,
         max_val_prompts=1,  # the last step validates (outside the step's timing): keep it cheap
         progress=False,
@@ -441,6 +448,9 @@ def config_of(cases: Sequence[Case], args: argparse.Namespace) -> dict[str, Any]
         "max_response_length": spec.rollout.max_response_length,
         "optimizer_steps_per_step": spec.training.batch_size // spec.training.ppo_mini_batch_size,
         "micro_batch_size": args.micro_batch_size,
+        "max_tokens_per_micro_batch": spec.training.max_tokens_per_micro_batch,
+        "gradient_checkpointing": spec.training.gradient_checkpointing,
+        "old_logprobs_from_rollout": args.old_logprobs_from_rollout,
         "timed_steps": args.steps * args.rounds,
         "warmup_steps": args.warmup,
         "rounds": args.rounds,
@@ -453,8 +463,20 @@ def add_work_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="steps not timed, per run")
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["inprocess", "ray"])
+    parser.add_argument("--kl", type=lambda s: s.split(","), default=["on", "off"], help="on,off")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--micro-batch-size", type=int, default=RunOptions().micro_batch_size)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="training.gradientCheckpointing for ours (default off, as TRL's and the floor)",
+    )
+    parser.add_argument(
+        "--old-logprobs-from-rollout",
+        action="store_true",
+        help="ours with RunOptions.old_logprobs_from_rollout (no old-logprob pass, as TRL)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="P=V")
     for flag in ("batch-size", "rollout-n", "response-length", "ppo-mini-batch-size"):
         parser.add_argument(f"--{flag}", type=int, default=None, help="overrides the job's")

@@ -305,6 +305,9 @@ def work_of(case: Any, args: argparse.Namespace) -> dict[str, Any]:
         "temperature": spec.rollout.temperature,
         "optimizer_steps_per_step": spec.training.batch_size // spec.training.ppo_mini_batch_size,
         "ours_micro_batch_size": args.micro_batch_size,
+        "ours_max_tokens_per_micro_batch": spec.training.max_tokens_per_micro_batch,
+        "gradient_checkpointing": spec.training.gradient_checkpointing,  # TRL's: off
+        "ours_old_logprobs_from_rollout": args.old_logprobs_from_rollout,
         "timed_steps": args.steps,
         "warmup_steps": args.warmup,
     }

@@ -61,7 +61,9 @@ class Script:
 
 
 def _client(script: Script, **kwargs: object) -> HttpGraderClient:
+    """A client whose every item travels (no fast path): these tests are about the transport."""
     transport = httpx.MockTransport(script)
+    kwargs.setdefault("fast_path", False)
     return HttpGraderClient("http://grader", backoff_s=0.001, transport=transport, **kwargs)
 
 
@@ -153,7 +155,9 @@ def test_requests_run_concurrently_and_results_keep_request_order() -> None:
 
     items = [GradeRequestItem(id=str(i), response="", ground_truth="1") for i in range(4)]
     transport = httpx.MockTransport(first_waits_for_last)
-    with HttpGraderClient("http://grader", max_batch=1, concurrency=4, transport=transport) as c:
+    with HttpGraderClient(
+        "http://grader", max_batch=1, concurrency=4, transport=transport, fast_path=False
+    ) as c:
         assert [r.id for r in c.grade(items)] == ["0", "1", "2", "3"]
 
 
@@ -191,7 +195,7 @@ def test_mismatched_result_ids_are_an_error() -> None:
         return httpx.Response(200, json={"results": results})
 
     transport = httpx.MockTransport(wrong_ids)
-    client = HttpGraderClient("http://grader", transport=transport)
+    client = HttpGraderClient("http://grader", transport=transport, fast_path=False)
     with client, pytest.raises(GraderError, match="do not match"):
         client.grade(ITEMS[:1])
 
@@ -207,7 +211,9 @@ def test_lone_surrogates_are_sent_as_valid_json() -> None:
 
 
 def test_unreachable_grader_raises_after_retries() -> None:
-    client = HttpGraderClient("http://127.0.0.1:9", retry_budget_s=0.2, backoff_s=0.001)
+    client = HttpGraderClient(
+        "http://127.0.0.1:9", retry_budget_s=0.2, backoff_s=0.001, fast_path=False
+    )
     with client, pytest.raises(GraderError, match=r"\d+ attempts.*ConnectError"):
         client.grade(ITEMS[:1])
 
@@ -279,7 +285,9 @@ def test_a_batch_is_spread_over_concurrent_fresh_connections() -> None:
     server = _StandInGrader(hold=4)
     items = [GradeRequestItem(id=str(i), response="", ground_truth="1") for i in range(8)]
     try:
-        with HttpGraderClient(server.url, max_batch=2, concurrency=4, retry_budget_s=0) as client:
+        with HttpGraderClient(
+            server.url, max_batch=2, concurrency=4, retry_budget_s=0, fast_path=False
+        ) as client:
             assert [r.id for r in client.grade(items)] == [str(i) for i in range(8)]
             assert [r.id for r in client.grade(items)] == [str(i) for i in range(8)]
     finally:
@@ -304,7 +312,9 @@ def test_a_grader_that_comes_back_on_the_same_address_is_waited_for() -> None:
     gone.stop()  # the pod is being replaced: connections are refused
     retried, logger = _RetryLogged(), logging.getLogger("distill_grader.client")
     logger.addHandler(retried)
-    client = HttpGraderClient(url, retry_budget_s=60.0, backoff_s=0.01, max_backoff_s=0.05)
+    client = HttpGraderClient(
+        url, retry_budget_s=60.0, backoff_s=0.01, max_backoff_s=0.05, fast_path=False
+    )
     try:
         with ThreadPoolExecutor(1) as trainer:
             grading = trainer.submit(client.grade, ITEMS)

@@ -26,7 +26,10 @@ REQUEST_DEADLINE_S = 20.0  # every answer, hostile inputs included, must come ba
 
 @pytest.fixture(scope="module")
 def client(grader_server: str) -> Any:
-    with HttpGraderClient(grader_server, item_timeout_s=1.5, max_batch=64) as client:
+    # Every item travels (no client-side fast path): these tests are about the service.
+    with HttpGraderClient(
+        grader_server, item_timeout_s=1.5, max_batch=64, fast_path=False
+    ) as client:
         yield client
 
 

@@ -114,7 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     run.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: any)")
     run.add_argument("--output-dir", type=Path, default=Path("out/run"))
-    run.add_argument("--micro-batch-size", type=int, default=16, help="rows per forward pass")
+    run.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=RunOptions().micro_batch_size,
+        help="most rows per forward pass (the token budget training.maxTokensPerMicroBatch "
+        "sizes them)",
+    )
     run.add_argument(
         "--max-val-prompts", type=int, default=None, help="validate on the first N prompts only"
     )

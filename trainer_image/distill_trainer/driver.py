@@ -2,15 +2,16 @@
 
     run_job(job, RunOptions(backend="inprocess")) -> RunSummary
 
-One step (`train_step`): sample responses → grade → student logprobs → teacher logprobs (when
-useKlInAdvantage or klLoss) → critic values (gae) → base advantage by name (none: zero) → teacher
-KL subtracted after normalisation → PPO update (plus the KL loss) → critic update → weights to
-the rollout engine. Around it (`run_job`): validation every testFreq steps (valN samples per
-problem, valBatchSize prompts per engine call), a checkpoint every saveFreq steps, metrics every
-step, and the trained student exported to `<checkpoint uri>/final/` after the last step. A run
-whose job has a committed checkpoint (or is given --resume-from) continues from it exactly: same
-weights, optimizer, data position and RNG states, so it computes what the interrupted run would
-have. The CLI (`python -m distill_trainer run job.yaml`) is in cli.py.
+One step (`train_step`): sample responses → grade (in a thread, beside the next three) → student
+logprobs → teacher logprobs (when useKlInAdvantage or klLoss) → critic values (gae) → base
+advantage by name (none: zero) → teacher KL subtracted after normalisation → PPO update (plus the
+KL loss) → critic update → weights to the rollout engine. Around it (`run_job`): validation every
+testFreq steps (valN samples per problem, valBatchSize prompts per engine call), a checkpoint every
+saveFreq steps, metrics every step, and the trained student exported to `<checkpoint uri>/final/`
+after the last step. A run whose job has a committed checkpoint (or is given --resume-from)
+continues from it exactly: same weights, optimizer, data position and RNG states, so it computes
+what the interrupted run would have. The CLI (`python -m distill_trainer run job.yaml`) is in
+cli.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +85,22 @@ class PhaseTimer:
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
-        self.metrics[f"timing_s/{phase}"] = time.perf_counter() - start
+        key = f"timing_s/{phase}"  # a phase timed in two parts (grade) adds up
+        self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
 
 
-def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float], RolloutBatch]:
-    """One step of on-policy distillation on a batch of prompts; returns its metrics and batch."""
+# Grading runs beside the scoring passes, which do not need the scores: the grader's round trip
+# (pool or HTTP) is hidden behind them. One thread: a step grades one batch at a time.
+_GRADING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
+
+
+def train_step(
+    run: Run, prompts: list[EncodedPrompt], old_logprobs_from_rollout: bool = False
+) -> tuple[dict[str, float], RolloutBatch]:
+    """One step of on-policy distillation on a batch of prompts; returns its metrics and batch.
+
+    `old_logprobs_from_rollout` (RunOptions): the engine's behaviour logprobs are the old
+    logprobs, and the actor's scoring pass is skipped."""
     roles, alg, timer = run.roles, run.spec.algorithm, PhaseTimer()
     with timer("generate"):
         rollouts = roles.rollout.generate(
@@ -95,18 +108,24 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
         )
         rollouts.expect_weight_version(run.weight_version)
         batch = rollouts.to_batch(alg.rollout_n)
-    with timer("grade"):
-        batch.scores = run.grade(batch, prompts)
-        batch.step_rewards = last_token_rewards(batch.scores, batch.response_mask)
-    with timer("old_logprob"):
-        student = roles.actor.compute_logprobs(batch, with_entropy=True)
-        batch.old_logprobs = student.logprobs
+    with timer("grade"):  # submitted here, awaited before the advantage: both parts count
+        grading = _GRADING.submit(run.grade, batch, prompts)
+    entropy = None
+    if old_logprobs_from_rollout and batch.rollout_logprobs is not None:
+        batch.old_logprobs = batch.rollout_logprobs
+    else:
+        with timer("old_logprob"):
+            student = roles.actor.compute_logprobs(batch, with_entropy=True)
+            batch.old_logprobs, entropy = student.logprobs, student.entropy
     if roles.teacher is not None:
         with timer("teacher_logprob"):
             batch.teacher_logprobs = roles.teacher.compute_logprobs(batch)
     if roles.critic is not None:
         with timer("values"):
             batch.values = roles.critic.compute_values(batch)
+    with timer("grade"):
+        batch.scores = grading.result()
+        batch.step_rewards = last_token_rewards(batch.scores, batch.response_mask)
     with timer("advantage"):
         batch.advantages, batch.returns = compute_base_advantages(
             alg.adv_estimator,
@@ -140,7 +159,7 @@ def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float]
     with timer("weight_sync"):
         sync_metrics = roles.sync_weights()
         run.weight_version += 1  # the actor's get_weights counts its updates
-    rollout = rollout_metrics(batch, student.entropy)
+    rollout = rollout_metrics(batch, entropy)
     metrics = {**rollout, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics}
     return {**metrics, **timer.metrics}, batch
 
@@ -300,7 +319,7 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
     for step in range(run.start_step + 1, run.total_steps + 1):
         epoch, prompts = next(batches)
         started = time.perf_counter()
-        metrics, _ = train_step(run, prompts)
+        metrics, _ = train_step(run, prompts, options.old_logprobs_from_rollout)
         seconds = time.perf_counter() - started
         tokens = sum(len(p.token_ids) for p in prompts) * run.spec.algorithm.rollout_n
         tokens += metrics["response_length/mean"] * len(prompts) * run.spec.algorithm.rollout_n

@@ -234,6 +234,8 @@ class RayTrainingGroup(_CalledLikeTheRole):
         self._wait(starts)
 
     def _call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if method in self.SCATTERED and len(self.handles) == 1:  # the batch as it is, no copy
+            return self._wait([self.handles[0].call.remote(method, *args, **kwargs)])[0]
         if method in self.SCATTERED:
             batch, rest = args[0], args[1:]
             shares = balanced_shares(sequence_lengths(batch), len(self.handles))
