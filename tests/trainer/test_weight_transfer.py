@@ -88,6 +88,12 @@ def actor(student_dir: Path):
     return _actor(student_dir)
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def _checked(source: ActorWeightSource) -> list[tuple[str, torch.Tensor]]:
     """One pass, through vLLM's own check that iteration agrees with metadata() (what its
     trainer engine runs on the sender before broadcasting; a mismatch raises there)."""
@@ -104,10 +110,11 @@ def test_sender_streams_the_checkpoint_names_in_bf16_without_the_tied_head(actor
     assert actor.model.config.tie_word_embeddings
     assert [name for name, _ in sent] == hf_names  # the engine's reload path sends the same
     assert [name for name, _ in actor.get_weights().items()] == hf_names
-    params = dict(actor.model.named_parameters())
+    # Sharded (DTensor) when an earlier test left a process group up in this process.
+    params = {n: _full(p.detach()) for n, p in actor.model.named_parameters()}
     for name, tensor in sent:
         assert tensor.dtype == torch.bfloat16
-        assert torch.equal(tensor, params[name].detach().to(torch.bfloat16)), name
+        assert torch.equal(tensor, params[name].to(torch.bfloat16)), name
     assert source.nbytes == sum(t.numel() * 2 for _, t in sent)
     assert [name for name, _ in _checked(source)] == hf_names  # each pass is a fresh one
 
@@ -128,7 +135,8 @@ def test_lora_sender_streams_merged_weights_under_the_base_names(student_dir: Pa
         lambda named: merged_named_tensors(named, lora_scaling(lora)),
     )
     sent = dict(_checked(source))
-    base = dict(actor.model.named_parameters())  # the same student without adapters
+    # the same student without adapters
+    base = {n: _full(p.detach()) for n, p in actor.model.named_parameters()}
     assert sorted(sent) == sorted(base)  # in merge order: a layer once its W, A and B are in
     expected = dict(adapted.get_weights().items())  # the reload path's merged weights
     assert list(expected) == list(sent)
@@ -163,7 +171,7 @@ def test_vllm_packing_round_trips_as_the_receivers_cut_it(actor) -> None:
             size = 0
     expected_cuts = [cut for cut in expected_cuts if cut]
     assert len(chunks) == len(expected_cuts) > 2
-    params = dict(actor.model.named_parameters())
+    params = {n: _full(p.detach()) for n, p in actor.model.named_parameters()}
     for chunk, cut in zip(chunks, expected_cuts, strict=True):
         assert chunk.names == [m.name for m in cut]
         sizes = [_nbytes(m) for m in cut]
@@ -177,4 +185,4 @@ def test_vllm_packing_round_trips_as_the_receivers_cut_it(actor) -> None:
             sizes,
         )
         for name, tensor in unpacked:
-            assert torch.equal(tensor, params[name].detach().to(torch.bfloat16)), name
+            assert torch.equal(tensor, params[name].to(torch.bfloat16)), name
