@@ -7,6 +7,7 @@ Tests read nothing outside the checkout: upstream CRDs are vendored in third_par
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _sys_path_restored():
+    """sys.path as it was before each test. Libraries add to it (kopf adds its script's folder),
+    and subprocesses inherit it as PYTHONPATH (torch inductor's ISA probe, which vLLM's CPU
+    kernels need): one folder left there by one test once broke every vLLM test after it."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,9 @@ def test_kopf_operator_reconciles_distilljobs(
     fake_kube_env: FakeKube, tmp_path: Path, repo_root: Path
 ) -> None:
     kube = fake_kube_env
-    operator = tmp_path / "operator.py"
+    # Not operator.py: kopf puts the script's folder on sys.path, where that name would shadow
+    # the standard library in every later subprocess handed sys.path (torch inductor's probe).
+    operator = tmp_path / "distill_kopf_operator.py"
     operator.write_text(OPERATOR)
     job = {
         "apiVersion": "distill.dev/v1alpha1",
