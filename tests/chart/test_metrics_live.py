@@ -33,6 +33,9 @@ from chart.live import (
 from chart.promql import dashboard_queries, documented_metrics, family
 from fakekube import FakeKube
 
+from distill_grader.client import HttpGraderClient
+from distill_grader.schema import GradeRequestItem
+
 pytestmark = pytest.mark.slow
 
 JOB = "tiny-distill"
@@ -184,6 +187,13 @@ def served(stack: Stack) -> dict[str, set[Sample]]:
     with contextlib.suppress(TimeoutError):
         wait_until(trainer_complete, "trainer metrics", timeout=90, alive=stack.trainer.alive)
     assert stack.trainer.alive(), stack.trainer.log()
+    # The trainer's client grades trivially gradable answers itself (all of a tiny model's may
+    # be), so one request of our own makes sure the grader has served a batch.
+    grader_url = f"http://127.0.0.1:{stack.ports['grader']}"
+    with HttpGraderClient(grader_url, fast_path=False) as client:
+        client.grade(
+            [GradeRequestItem(id="0", response="\\boxed{\\frac{1}{2}}", ground_truth="0.5")]
+        )
     return {
         "Trainer": seen,
         "Grader": _sample_set(scrape(stack.ports["grader"])),
