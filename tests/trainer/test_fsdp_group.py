@@ -3,7 +3,8 @@ the demo job with `resources.actor.replicas: 2`.
 
 One Ray session for the module (each rank imports torch and transformers, which dominates): the
 gathered weights equal the unsharded model's, the group's logprobs equal one process's, one
-update leaves the same parameters as one process's update, a rank that dies fails the next call
+update leaves the same parameters as one process's update, the ranks split the driver's torch
+threads and a world of one is not sharded, a rank that dies fails the next call
 with an error naming the role and the rank, and examples/demo-distill.yaml trains and saves with
 two actor ranks.
 """
@@ -118,6 +119,33 @@ def test_two_ranks_equal_one_process(group, batch: RolloutBatch, student_dir: Pa
     assert ray.get(group.get_weights()).version == 1
     for key in ("actor/pg_loss", "actor/grad_norm"):
         assert sharded_metrics[key] == pytest.approx(single_metrics[key], rel=1e-4, abs=1e-6)
+
+
+def _worker_facts(worker) -> tuple[int, bool]:
+    """(torch threads, whether the role's parameters are FSDP2 shards) inside a rank worker."""
+    from torch.distributed.tensor import DTensor
+
+    def facts(rank_worker):
+        params = list(rank_worker.role.model.parameters())
+        return torch.get_num_threads(), all(isinstance(p, DTensor) for p in params)
+
+    return ray.get(worker.__ray_call__.remote(facts))
+
+
+@pytest.mark.slow
+def test_ranks_share_the_drivers_threads_and_one_rank_is_not_sharded(
+    group, student_dir: Path
+) -> None:
+    # Ray gives an actor that claims no CPUs one torch thread; locally the ranks split the
+    # driver's. A world of one keeps a plain module: FSDP2's DTensors made its updates up to 1.7x
+    # slower on the demo's model, for nothing to shard.
+    threads = torch.get_num_threads()
+    assert [_worker_facts(h) for h in group.handles] == [(max(1, threads // 2), True)] * 2
+    single = RayTrainingGroup("actor", HFActor, _config(student_dir), Placement(replicas=1))
+    try:
+        assert _worker_facts(single.handles[0]) == (threads, False)
+    finally:
+        single.kill()
 
 
 @pytest.mark.slow

@@ -2,8 +2,8 @@
 
 A role's Ray group (roles/group.py) starts one worker per rank and calls `init_process_group` in
 each before the role is built; the role then shards its model with `shard_model`. In-process
-there is no process group: every helper here then acts on the one unsharded model (the world of
-one), so roles/trainer.py has a single code path for both.
+there is no process group, and a group of one rank shards nothing: every helper here then acts on
+the one unsharded model (the world of one), so roles/trainer.py has a single code path for all.
 
 - nccl on CUDA, gloo on CPU; `timeout_s` bounds every collective, so a dead or stuck rank turns
   into an error on the others instead of a hang.
@@ -96,7 +96,7 @@ def max_over_ranks(value: int) -> int:
 def shard_model(
     model: nn.Module, layers: nn.ModuleList, device: str, train: bool, checkpointing: bool
 ) -> nn.Module:
-    """Activation checkpointing per decoder layer (`layers`), then FSDP2 when in a process group.
+    """Activation checkpointing per decoder layer (`layers`), then FSDP2 over two or more ranks.
 
     Checkpointing wraps the layers (torch's wrapper, as torchtitan does, so it holds in eval
     mode too; state_dict names are unchanged); only each layer's input is kept for backward.
@@ -104,7 +104,9 @@ def shard_model(
     if checkpointing:
         for index, layer in enumerate(layers):
             layers[index] = checkpoint_wrapper(layer, preserve_rng_state=False)
-    if not dist.is_initialized():
+    if world_size() == 1:
+        # Nothing to shard, and FSDP2's per-parameter DTensors cost more than the model's own
+        # compute on a small model (a world of one on local Ray ran its updates up to 1.7x slower).
         return model.to(device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -110,6 +110,24 @@ def training_placement(
     return Placement(replicas * per_pod, 0.0, {})
 
 
+def actor_options(placement: Placement) -> dict[str, Any]:
+    """Ray options for each actor of a role.
+
+    No CPUs are claimed (the roles take turns within a step, so claiming would only stop them
+    sharing a node). Ray then sets OMP_NUM_THREADS=1 in the actor, so on a local Ray every
+    phase ran on one thread however many cores the machine had: locally the replicas, which
+    run at once, share the driver's torch threads instead. On a cluster (a role resource in the
+    placement) each pod keeps Ray's setting.
+    """
+    options: dict[str, Any] = {"num_cpus": 0, "num_gpus": placement.num_gpus}
+    if placement.resources:
+        options["resources"] = placement.resources
+    else:
+        threads = max(1, torch.get_num_threads() // placement.replicas)
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+    return options
+
+
 def replica_config(cfg: Any, rank: int) -> Any:
     """Replica `rank`'s config: the seed offset by the rank (one seed would make every rollout
     replica sample the same responses to the same prompt)."""
@@ -139,13 +157,9 @@ class RayRoleGroup(_CalledLikeTheRole):
     """Replicas of one role class as Ray actors, called like the class itself."""
 
     def __init__(self, role_cls: type, cfg: Any, placement: Placement, pad_token_id: int = 0):
-        remote_cls = ray.remote(role_cls)
-        options = {"num_cpus": 0, "num_gpus": placement.num_gpus}
-        if placement.resources:
-            options["resources"] = placement.resources
+        remote_cls = ray.remote(role_cls).options(**actor_options(placement))
         self.handles = [
-            remote_cls.options(**options).remote(replica_config(cfg, rank))
-            for rank in range(placement.replicas)
+            remote_cls.remote(replica_config(cfg, rank)) for rank in range(placement.replicas)
         ]
         self.pad_token_id = pad_token_id
         # Surface a failing constructor (missing model, bad path) here, not at the first call.
@@ -219,10 +233,7 @@ class RayTrainingGroup(_CalledLikeTheRole):
 
     def __init__(self, role: str, role_cls: type, cfg: Any, placement: Placement) -> None:
         self.role = role
-        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": placement.num_gpus}
-        if placement.resources:
-            options["resources"] = placement.resources
-        remote_cls = ray.remote(RankWorker).options(**options)
+        remote_cls = ray.remote(RankWorker).options(**actor_options(placement))
         self.handles = [remote_cls.remote() for _ in range(placement.replicas)]
         addr, port = self._wait([self.handles[0].address.remote()])[0]
         world, timeout_s = len(self.handles), cfg.collective_timeout_s
