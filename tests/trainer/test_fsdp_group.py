@@ -12,6 +12,7 @@ two actor ranks.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from distill_trainer.cli import load_document
 from distill_trainer.config import ActorConfig, OptimConfig, RolloutConfig, RunOptions
 from distill_trainer.driver import run_job
 from distill_trainer.roles import SamplingParams
-from distill_trainer.roles.group import Placement, RayTrainingGroup, WorkerFailed
+from distill_trainer.roles.group import Placement, RayTrainingGroup, WorkerFailed, init_ray
 from distill_trainer.roles.models import load_tokenizer
 from distill_trainer.roles.rollout_hf import HFRolloutEngine
 from distill_trainer.roles.trainer import HFActor
@@ -77,7 +78,7 @@ def batch(student_dir: Path) -> RolloutBatch:
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert init_ray(2)  # the trainer's own local Ray
     yield
     ray.shutdown()
 
@@ -121,13 +122,15 @@ def test_two_ranks_equal_one_process(group, batch: RolloutBatch, student_dir: Pa
         assert sharded_metrics[key] == pytest.approx(single_metrics[key], rel=1e-4, abs=1e-6)
 
 
-def _worker_facts(worker) -> tuple[int, bool]:
-    """(torch threads, whether the role's parameters are FSDP2 shards) inside a rank worker."""
+def _worker_facts(worker) -> tuple[int, int, bool]:
+    """(torch threads, niceness, whether the role's parameters are FSDP2 shards) inside a rank
+    worker."""
     from torch.distributed.tensor import DTensor
 
     def facts(rank_worker):
         params = list(rank_worker.role.model.parameters())
-        return torch.get_num_threads(), all(isinstance(p, DTensor) for p in params)
+        sharded = all(isinstance(p, DTensor) for p in params)
+        return torch.get_num_threads(), os.nice(0), sharded
 
     return ray.get(worker.__ray_call__.remote(facts))
 
@@ -137,13 +140,15 @@ def test_ranks_share_the_drivers_threads_and_one_rank_is_not_sharded(
     group, student_dir: Path
 ) -> None:
     # Ray gives an actor that claims no CPUs one torch thread; locally the ranks split the
-    # driver's. A world of one keeps a plain module: FSDP2's DTensors made its updates up to 1.7x
-    # slower on the demo's model, for nothing to shard.
-    threads = torch.get_num_threads()
-    assert [_worker_facts(h) for h in group.handles] == [(max(1, threads // 2), True)] * 2
+    # driver's, at the driver's priority (Ray's default niceness is 15). A world of one keeps a
+    # plain module: FSDP2's DTensors made its updates up to 1.7x slower on the demo's model, for
+    # nothing to shard.
+    threads, niceness = torch.get_num_threads(), os.nice(0)
+    per_rank = max(1, threads // 2)
+    assert [_worker_facts(h) for h in group.handles] == [(per_rank, niceness, True)] * 2
     single = RayTrainingGroup("actor", HFActor, _config(student_dir), Placement(replicas=1))
     try:
-        assert _worker_facts(single.handles[0]) == (threads, False)
+        assert _worker_facts(single.handles[0]) == (threads, niceness, False)
     finally:
         single.kill()
 
