@@ -11,8 +11,8 @@ one process with plain torch/transformers: HF generate, a student forward, a tea
 on) and one forward+backward+AdamW per optimizer step, with nothing else in between.
 
     .venv/bin/python bench/step.py [JOB.yaml ...] [--steps 10] [--warmup 2] [--rounds 1]
-        [--backends inprocess,ray] [--kl on,off] [--threads N] [--micro-batch-size 1024]
-        [--[no-]gradient-checkpointing] [--set PATH=VALUE]
+        [--backends inprocess,ray[,ray_separate]] [--kl on,off] [--threads N]
+        [--micro-batch-size 1024] [--[no-]gradient-checkpointing] [--set PATH=VALUE]
         [--batch-size B] [--rollout-n N] [--response-length R] [--ppo-mini-batch-size M]
         [--train-size 2000] [--teacher-sft-steps 1200] [--student-sft-steps 150]
         [--demo-out out/demo] [--machine-load TEXT] [--out bench/results/step.json]
@@ -197,12 +197,17 @@ def step_phases(history: Sequence[dict[str, float]], warmup: int) -> Timed:
 # ----------------------------------------------------------------------------------- ours
 
 
+# Our runs by name: the backend, and whether a local Ray colocates the roles (RunOptions.colocate).
+BACKENDS = {"inprocess": ("inprocess", True), "ray": ("ray", True), "ray_separate": ("ray", False)}
+
+
 def run_ours(case: Case, backend: str, args: argparse.Namespace) -> Timed:
     """Train the job for warm-up + timed steps with our trainer; per-step phase times."""
     output_dir = args.work / f"{case.name}-{backend}".replace("/", "-")
     shutil.rmtree(output_dir, ignore_errors=True)  # a previous run's checkpoint would resume
     options = RunOptions(
-        backend=backend,
+        backend=BACKENDS[backend][0],
+        colocate=BACKENDS[backend][1],
         device="cpu",
         output_dir=output_dir,
         micro_batch_size=args.micro_batch_size,
@@ -462,7 +467,9 @@ def add_work_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("jobs", nargs="*", type=Path, help="DistillJob files (default: the demo)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="steps not timed, per run")
-    parser.add_argument("--backends", type=lambda s: s.split(","), default=["inprocess", "ray"])
+    parser.add_argument(
+        "--backends", type=backend_list, default=["inprocess", "ray"], help=", ".join(BACKENDS)
+    )
     parser.add_argument("--kl", type=lambda s: s.split(","), default=["on", "off"], help="on,off")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--micro-batch-size", type=int, default=RunOptions().micro_batch_size)
@@ -488,6 +495,14 @@ def add_work_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--machine-load", default="not recorded", help="a note on other load")
 
 
+def backend_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}: choose from {', '.join(BACKENDS)}")
+    return names
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_work_flags(parser)
@@ -504,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
     cases = load_cases(args)
     info = machine(args.threads)
-    if "ray" in args.backends:
+    if any(BACKENDS[name][0] == "ray" for name in args.backends):
         info.update(start_ray(args.threads))
     runs = report(measure(cases, args), cases)
     ours = {key: run for key, run in runs.items() if "floor_ratio" in run}

@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trl_dir = ensure_trl(args.trl_dir.resolve())
     cases = step_bench.load_cases(args)
     info = step_bench.machine(args.threads)
-    if "ray" in args.backends:
+    if any(step_bench.BACKENDS[name][0] == "ray" for name in args.backends):
         info.update(step_bench.start_ray(args.threads))
     runs = measure(cases, args, trl_dir)
     info["trl"] = runs.pop("trl_version")

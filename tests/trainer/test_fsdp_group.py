@@ -85,7 +85,7 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def group(ray_session, student_dir: Path) -> Iterator[RayTrainingGroup]:
-    actors = RayTrainingGroup("actor", HFActor, _config(student_dir), Placement(replicas=2))
+    actors = RayTrainingGroup.start("actor", HFActor, _config(student_dir), Placement(replicas=2))
     yield actors
     actors.kill()
 
@@ -128,7 +128,7 @@ def _worker_facts(worker) -> tuple[int, int, bool]:
     from torch.distributed.tensor import DTensor
 
     def facts(rank_worker):
-        params = list(rank_worker.role.model.parameters())
+        params = list(rank_worker.roles["actor"].model.parameters())
         sharded = all(isinstance(p, DTensor) for p in params)
         return torch.get_num_threads(), os.nice(0), sharded
 
@@ -146,7 +146,7 @@ def test_ranks_share_the_drivers_threads_and_one_rank_is_not_sharded(
     threads, niceness = torch.get_num_threads(), os.nice(0)
     per_rank = max(1, threads // 2)
     assert [_worker_facts(h) for h in group.handles] == [(per_rank, niceness, True)] * 2
-    single = RayTrainingGroup("actor", HFActor, _config(student_dir), Placement(replicas=1))
+    single = RayTrainingGroup.start("actor", HFActor, _config(student_dir), Placement(replicas=1))
     try:
         assert _worker_facts(single.handles[0]) == (threads, niceness, False)
     finally:

@@ -1,9 +1,10 @@
 """The ray backend: the same roles as Ray actors, the driver unchanged.
 
-Two runs, both slow (Ray start-up and worker imports dominate): the default local Ray that the
-trainer starts itself, and a Ray that looks like the KubeRay cluster (custom resources named after
-the roles), where replicas ask for their role's resource, the rollout engine and the teacher run as
-two replicas each, and the actor writes its part of a checkpoint from its own process.
+All slow (Ray start-up and worker imports dominate): the default local Ray that the trainer starts
+itself, where every role lives in one worker process and computes what a process per role does;
+and a Ray that looks like the KubeRay cluster (custom resources named after the roles), where
+replicas ask for their role's resource, the rollout engine and the teacher run as two replicas
+each, and the actor writes its part of a checkpoint from its own process.
 """
 
 from __future__ import annotations
@@ -33,13 +34,57 @@ def test_local_ray_runs_full_steps(make_job, teacher_dir: Path, tmp_path: Path) 
     assert not ray.is_initialized()  # the run started Ray, so it shut it down
     assert summary.steps == 2 and summary.roles == ["rollout", "actor", "teacher"]
     step = summary.history[-1]
-    assert step["distill/kl_per_token"] > 0  # a different teacher, scored in its own actor
+    assert step["distill/kl_per_token"] > 0  # a different teacher, scored in the Ray worker
     assert step["actor/grad_norm"] > 0 and "timing_s/weight_sync" in step
     # The actor process wrote its part, the driver committed it, the final export is there.
     assert (tmp_path / "checkpoints" / "global_step_2" / "actor" / "config.json").is_file()
     assert (tmp_path / "checkpoints" / "global_step_2" / "manifest.json").is_file()
     assert (tmp_path / "checkpoints" / "final" / "model.safetensors").is_file()
     assert sorted(summary.val_rewards) == [0, 2]
+
+
+@pytest.mark.slow
+def test_local_roles_share_one_process_and_compute_what_separate_ones_do(
+    make_job, teacher_dir: Path, tmp_path: Path
+) -> None:
+    job = make_job(teacher={"model": str(teacher_dir)})
+    processes, steps = {}, {}
+    for colocate in (True, False):
+        options = RunOptions(
+            backend="ray",
+            device="cpu",
+            output_dir=tmp_path / f"colocate-{colocate}",
+            progress=False,
+            ray_num_cpus=2,
+            colocate=colocate,
+        )
+        run = setup_run(job, options)
+        try:
+            processes[colocate] = {
+                name: ray.get(getattr(run.roles, name).handles[0].__ray_call__.remote(_pid))
+                for name in run.roles.names
+            }
+            train_step(run, run.train[:2])
+            # The second step samples from the weights the first one synced (in the worker when
+            # colocated, through the object store when not).
+            steps[colocate] = train_step(run, run.train[2:4])
+        finally:
+            run.close()
+    assert len(set(processes[True].values())) == 1
+    assert len(set(processes[False].values())) == 3
+    (together, batch), (apart, apart_batch) = steps[True], steps[False]
+    assert together["weight_sync/bytes"] == apart["weight_sync/bytes"] > 0
+    assert torch.equal(batch.response_ids, apart_batch.response_ids)
+    torch.testing.assert_close(batch.teacher_logprobs, apart_batch.teacher_logprobs)
+    for key in ("distill/kl_per_token", "actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+        assert together[key] == pytest.approx(apart[key], rel=1e-5, abs=1e-7), key
+    assert together["actor/grad_norm"] > 0
+
+
+def _pid(_worker: object) -> int:
+    import os
+
+    return os.getpid()
 
 
 def _wait_for(condition, timeout_s: float = 30.0) -> bool:

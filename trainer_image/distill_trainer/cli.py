@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
+        "--no-colocate",
+        action="store_true",
+        help="local Ray on CPU: a worker process per role, as on a cluster (default: one "
+        "process for all roles when each has one rank)",
+    )
+    run.add_argument(
         "--resume-from",
         metavar="URI",
         default=None,
@@ -156,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             micro_batch_size=args.micro_batch_size,
             max_val_prompts=args.max_val_prompts,
             progress=not args.no_progress,
+            colocate=not args.no_colocate,
             resume_from=args.resume_from,
             force_resume=args.force_resume,
         )

@@ -48,6 +48,13 @@ class RunOptions(BaseModel):
     max_val_prompts: int | None = Field(None, ge=1, description="Cap on validation prompts.")
     progress: bool = Field(True, description="Show a progress bar on the console.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default all).")
+    colocate: bool = Field(
+        True,
+        description="On a local Ray on CPU where each role has one rank, run every role in one "
+        "Ray worker process: they take turns on the same cores, and a call between processes "
+        "cost 20-60 ms a phase (docs/benchmarks.md, change 11). Off: a process per role, as on "
+        "a cluster.",
+    )
     collective_timeout_s: float = Field(
         600.0, gt=0, description="Deadline of every collective in a training group (seconds)."
     )

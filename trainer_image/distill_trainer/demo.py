@@ -79,9 +79,8 @@ class DemoConfig:
     steps: int | None = None  # overrides training.totalSteps of every job (None: the YAML's)
     test_freq: int | None = None  # overrides training.testFreq of every job
     overrides: tuple[str, ...] = ()  # more `--set PATH=VALUE` overrides for every job
-    # In-process: the numbers are identical on local Ray (`--backend ray`, each role a Ray actor
-    # as on a cluster), which is slower on 2 cores (each call between processes costs 10-35 ms:
-    # docs/benchmarks.md, change 9).
+    # In-process: the numbers are identical on local Ray (`--backend ray`, the roles colocated in
+    # one Ray worker, about as fast: docs/benchmarks.md, change 11), which starts more slowly.
     backend: str = "inprocess"
     micro_batch_size: int = 256  # rows per forward pass: the whole step fits at once on CPU
     progress: bool = True

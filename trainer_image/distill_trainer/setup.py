@@ -292,7 +292,7 @@ def _start(
     if options.backend == "ray":
         _start_ray(options, closers)
     configs = role_configs(job.spec, options, total_steps)
-    roles = build_roles(configs, job.spec, options.backend, pad_token_id)
+    roles = build_roles(configs, job.spec, options.backend, pad_token_id, options.colocate)
     closers.callback(roles.close)
     return sink, grader, roles
 

@@ -1,9 +1,11 @@
 """The roles of a run (rollout engine, actor, teacher, critic) and how they are built.
 
 `build_roles` is the one place that knows the backend: `inprocess` builds the HF roles as plain
-objects, `ray` builds the same classes inside Ray actors. A role the spec does not need is never
-constructed: no teacher unless useKlInAdvantage or algorithm.klLoss needs it, no critic unless
-advEstimator is gae.
+objects, `ray` builds the same classes inside Ray actors, a process per role (per rank); on a
+local Ray on CPU where each role has one rank, all of them in one worker process
+(RunOptions.colocate, roles/group.py `RayTrainingGroup.colocated`). A role the spec does not need
+is never constructed: no teacher unless useKlInAdvantage or algorithm.klLoss needs it, no critic
+unless advEstimator is gae.
 With useKlInAdvantage on and klPenaltyCoef 0 the teacher is still built and scores every batch:
 the spec ties the teacher to useKlInAdvantage, and coef 0 is a legitimate ablation that logs the
 KL (distill/kl_per_token) without letting it move the advantage.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from distill_api import DistillJobSpec
 from distill_api.v1alpha1 import RolloutEngineName, WeightSync
@@ -36,6 +38,9 @@ from distill_trainer.roles.base import (
     Teacher,
     Weights,
 )
+
+if TYPE_CHECKING:
+    from distill_trainer.roles.group import Placement
 
 log = logging.getLogger(__name__)
 # The faster engine for the tiny demo models on CPU (docs/spec.md has the measurements).
@@ -62,12 +67,15 @@ class Roles:
     teacher: Teacher | None
     critic: Critic | None
     weight_sync: WeightSync = WeightSync.RELOAD  # resolved: reload or nccl
+    colocated: bool = False  # every role in one Ray worker process (RayTrainingGroup.colocated)
 
     def sync_weights(self) -> dict[str, float]:
         """The actor's current weights to the rollout engines, by the run's path; returns the
         `weight_sync/*` metrics."""
         if self.weight_sync == WeightSync.NCCL:
             return self.actor.send_weights()  # rank 0 drives the engines (weight_transfer.py)
+        if self.colocated:
+            return self.rollout.load_weights_from("actor")
         return self.rollout.load_weights(self.actor.get_weights())
 
     @property
@@ -88,8 +96,11 @@ def build_roles(
     spec: DistillJobSpec,
     backend: Literal["inprocess", "ray"],
     pad_token_id: int,
+    colocate: bool = True,
 ) -> Roles:
-    """Construct each needed role, in-process or as Ray actor groups."""
+    """Construct each needed role, in-process or as Ray actor groups; on a local Ray on CPU
+    where every role has one rank, all of them in one worker process unless `colocate` is off
+    (RunOptions.colocate)."""
     from distill_trainer.roles.trainer import HFActor, HFCritic, HFTeacher
 
     engine = rollout_engine(spec, configs.rollout.device, backend)
@@ -106,16 +117,22 @@ def build_roles(
     if configs.critic is not None:
         wanted["critic"] = (HFCritic, configs.critic)
     built: dict[str, Any] = {"teacher": None, "critic": None}
+    colocated = backend == "ray" and colocate and _one_local_cpu_rank_each(wanted, spec)
     for name, (cls, cfg) in wanted.items():
-        log.info("building %s (%s, %s) from %s", name, backend, cls.__name__, cfg.model)
+        where = "colocated ray" if colocated else backend
+        log.info("building %s (%s, %s) from %s", name, where, cls.__name__, cfg.model)
         if backend == "inprocess":
             built[name] = cls(cfg)
-        else:
+        elif not colocated:
             built[name] = _ray_group(name, cls, cfg, spec, len(wanted), pad_token_id)
+    if colocated:
+        from distill_trainer.roles.group import RayTrainingGroup
+
+        built.update(RayTrainingGroup.colocated(wanted))
     if sync == WeightSync.NCCL:  # the engines and actor rank 0 rendezvous inside this call
         log.info("weight sync: vLLM's NCCL weight transfer from actor rank 0")
         built["actor"].init_weight_transfer(built["rollout"].handles)
-    return Roles(**built, weight_sync=sync)
+    return Roles(**built, weight_sync=sync, colocated=colocated)
 
 
 def weight_sync(spec: DistillJobSpec, engine: RolloutEngineName, backend: str) -> WeightSync:
@@ -160,15 +177,9 @@ def _engine_class(engine: RolloutEngineName) -> type:
     return HFRolloutEngine
 
 
-def _ray_group(
-    name: str, cls: type, cfg: Any, spec: DistillJobSpec, n_roles: int, pad_token_id: int
-) -> Any:
-    from distill_trainer.roles.group import (
-        RayRoleGroup,
-        RayTrainingGroup,
-        placement_for,
-        training_placement,
-    )
+def _placement(name: str, cfg: Any, spec: DistillJobSpec, n_roles: int) -> Placement:
+    """Where the role's Ray actors go (roles/group.py)."""
+    from distill_trainer.roles.group import placement_for, training_placement
     from distill_trainer.roles.models import resolve_device
 
     group = getattr(spec.resources, name)
@@ -176,9 +187,28 @@ def _ray_group(
     # Local Ray runs on this machine, so the driver can resolve "auto" for it.
     device = resolve_device(cfg.device)
     if name == "rollout":
-        placement = placement_for(name, replicas, gpus, device, n_roles)
-        return RayRoleGroup(cls, cfg, placement, pad_token_id)
+        return placement_for(name, replicas, gpus, device, n_roles)
     # The actor, critic and teacher: one FSDP2 process group of replicas × gpusPerReplica ranks.
-    placement = training_placement(name, replicas, gpus, device, n_roles)
+    return training_placement(name, replicas, gpus, device, n_roles)
+
+
+def _one_local_cpu_rank_each(wanted: dict[str, tuple[type, Any]], spec: DistillJobSpec) -> bool:
+    """Whether every role would be one CPU process of a local Ray (no role resources, which a
+    DistillJob's cluster advertises; no GPU; one rank or replica each)."""
+    for name, (_, cfg) in wanted.items():
+        placement = _placement(name, cfg, spec, len(wanted))
+        if placement.replicas != 1 or placement.num_gpus or placement.resources:
+            return False
+    return True
+
+
+def _ray_group(
+    name: str, cls: type, cfg: Any, spec: DistillJobSpec, n_roles: int, pad_token_id: int
+) -> Any:
+    from distill_trainer.roles.group import RayRoleGroup, RayTrainingGroup
+
+    placement = _placement(name, cfg, spec, n_roles)
+    if name == "rollout":
+        return RayRoleGroup(cls, cfg, placement, pad_token_id)
     log.info("%s: %d ranks", name, placement.replicas)
-    return RayTrainingGroup(name, cls, cfg, placement)
+    return RayTrainingGroup.start(name, cls, cfg, placement)

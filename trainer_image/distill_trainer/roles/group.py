@@ -3,9 +3,9 @@
 Two kinds of group, both called exactly like the role class, so the driver cannot tell the
 backends apart:
 
-`RayTrainingGroup("actor", HFActor, cfg, placement)`: the actor, critic or teacher as ranks of one
-torch.distributed process group (world size = replicas × gpusPerReplica, one rank per GPU; on CPU
-pods one per pod), each holding FSDP2 shards (roles/fsdp.py) and running the worker body of
+`RayTrainingGroup.start("actor", HFActor, cfg, placement)`: the actor, critic or teacher as ranks
+of one torch.distributed process group (world size = replicas × gpusPerReplica, one rank per GPU;
+on CPU pods one per pod), each holding FSDP2 shards (roles/fsdp.py) and running the worker body of
 roles/trainer.py. Rank 0 names the rendezvous address; every rank then joins and builds its role:
 
 - scattered (`compute_logprobs`, `compute_values`): the rows are split across the ranks by token
@@ -16,6 +16,10 @@ roles/trainer.py. Rank 0 names the rendezvous address; every rank then joins and
   (`get_weights`: rank 0's ObjectRef, passed on to the engines without touching the driver);
 - a rank that dies fails the call at once with an error naming the role and the rank; the
   others then stop at their next collective's deadline (`collective_timeout_s`).
+
+`RayTrainingGroup.colocated({"rollout": …, "actor": …, "teacher": …})`: every role in one worker
+process, each called through a group of its own (a local Ray on CPU where each role has one rank:
+roles/__init__.py `colocate`).
 
 `RayRoleGroup(HFRolloutEngine, cfg, placement)`: independent replicas (the rollout engines).
 Calls are dispatched by kind:
@@ -212,20 +216,29 @@ def split_rows(rows: list | RolloutBatch, parts: int) -> list[Any]:
     return list(rows.chunks(step))
 
 
+RoleSpecs = dict[str, tuple[type, Any]]  # role name → (role class, its config)
+
+
 class RankWorker:
-    """One rank of a training group: joins the process group, then builds and serves the role."""
+    """One rank of a training group: joins the process group, then builds and serves its roles
+    (one role; or, colocated, every role of a local run)."""
 
     def address(self) -> tuple[str, int]:
         return fsdp.free_address()
 
-    def start(self, role_cls: type, cfg: Any, rendezvous: fsdp.Rendezvous) -> None:
+    def start(self, roles: RoleSpecs, rendezvous: fsdp.Rendezvous) -> None:
         from distill_trainer.roles.models import resolve_device
 
-        fsdp.init_process_group(rendezvous, resolve_device(cfg.device))
-        self.role = role_cls(cfg)
+        device = resolve_device(next(iter(roles.values()))[1].device)
+        fsdp.init_process_group(rendezvous, device)
+        self.roles = {name: role_cls(cfg) for name, (role_cls, cfg) in roles.items()}
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.role, method)(*args, **kwargs)
+    def call(self, role: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.roles[role], method)(*args, **kwargs)
+
+    def copy_weights(self, source: str, target: str) -> dict[str, float]:
+        """Colocated: role `target` loads role `source`'s weights, as in one process."""
+        return self.roles[target].load_weights(self.roles[source].get_weights())
 
 
 class WorkerFailed(RuntimeError):
@@ -233,39 +246,73 @@ class WorkerFailed(RuntimeError):
 
 
 class RayTrainingGroup(_CalledLikeTheRole):
-    """The ranks of one training role (actor, critic, teacher) as one sharded model."""
+    """The ranks of one training role (actor, critic, teacher) as one sharded model; or one role
+    of a colocated worker (`colocated`)."""
 
     SCATTERED = frozenset({"compute_logprobs", "compute_values"})
 
-    def __init__(self, role: str, role_cls: type, cfg: Any, placement: Placement) -> None:
+    def __init__(self, role: str, handles: list[Any]) -> None:
         self.role = role
+        self.handles = handles
+
+    @classmethod
+    def start(cls, role: str, role_cls: type, cfg: Any, placement: Placement) -> RayTrainingGroup:
+        """`placement.replicas` ranks, each holding its shard of the role."""
+        group = cls(role, [])
+        group._start_ranks({role: (role_cls, cfg)}, placement)
+        return group
+
+    @classmethod
+    def colocated(cls, roles: RoleSpecs) -> dict[str, RayTrainingGroup]:
+        """Every role in one worker process, each called through its own group.
+
+        For a local Ray on CPU where each role has one rank (`build_roles`): the roles take
+        turns on the same cores anyway, and separate processes cost each call its transfer and
+        the next process its warm-up, 20-60 ms a phase on the demo (docs/benchmarks.md, change
+        11). verl's colocated workers (`create_colocated_worker_cls`) do the same on a GPU.
+        """
+        host = cls("+".join(roles), [])  # names the worker in a start-up failure
+        host._start_ranks(roles, Placement())
+        return {name: cls(name, host.handles) for name in roles}
+
+    def load_weights_from(self, source: str) -> dict[str, float]:
+        """Colocated: this role loads role `source`'s weights inside their shared worker,
+        without the copy through the object store that `load_weights(get_weights())` makes."""
+        return self._wait([self.handles[0].copy_weights.remote(source, self.role)])[0]
+
+    def _start_ranks(self, roles: RoleSpecs, placement: Placement) -> None:
         remote_cls = ray.remote(RankWorker).options(**actor_options(placement))
         self.handles = [remote_cls.remote() for _ in range(placement.replicas)]
         addr, port = self._wait([self.handles[0].address.remote()])[0]
-        world, timeout_s = len(self.handles), cfg.collective_timeout_s
+        world = len(self.handles)
+        timeout_s = max(cfg.collective_timeout_s for _, cfg in roles.values())
         # Every rank must start at once: init_process_group waits for all of them.
         starts = [
-            h.start.remote(role_cls, cfg, fsdp.Rendezvous(rank, world, addr, port, timeout_s))
+            h.start.remote(roles, fsdp.Rendezvous(rank, world, addr, port, timeout_s))
             for rank, h in enumerate(self.handles)
         ]
         self._wait(starts)
 
     def _call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         if method in self.SCATTERED and len(self.handles) == 1:  # the batch as it is, no copy
-            return self._wait([self.handles[0].call.remote(method, *args, **kwargs)])[0]
+            return self._wait([self.handles[0].call.remote(self.role, method, *args, **kwargs)])[0]
         if method in self.SCATTERED:
             batch, rest = args[0], args[1:]
             shares = balanced_shares(sequence_lengths(batch), len(self.handles))
             refs = [
                 h.call.remote(
-                    method, batch.select(torch.tensor(rows, dtype=torch.long)), *rest, **kwargs
+                    self.role,
+                    method,
+                    batch.select(torch.tensor(rows, dtype=torch.long)),
+                    *rest,
+                    **kwargs,
                 )
                 for h, rows in zip(self.handles, shares, strict=True)
             ]
             return gather_rows(self._wait(refs), shares, batch.size)
         # One object-store copy of a batch for all ranks, not one per rank.
         args = tuple(ray.put(a) if isinstance(a, RolloutBatch) else a for a in args)
-        refs = [h.call.remote(method, *args, **kwargs) for h in self.handles]
+        refs = [h.call.remote(self.role, method, *args, **kwargs) for h in self.handles]
         if method in BY_REFERENCE:
             self._wait(refs[1:], first_rank=1)
             return refs[0]
