@@ -12,7 +12,8 @@ on) and one forward+backward+AdamW per optimizer step, with nothing else in betw
 
     .venv/bin/python bench/step.py [JOB.yaml ...] [--steps 10] [--warmup 2] [--rounds 1]
         [--backends inprocess,ray[,ray_separate]] [--kl on,off] [--threads N]
-        [--micro-batch-size 1024] [--[no-]gradient-checkpointing] [--set PATH=VALUE]
+        [--micro-batch-size 1024] [--[no-]gradient-checkpointing]
+        [--[no-]old-logprobs-from-rollout] [--set PATH=VALUE]
         [--batch-size B] [--rollout-n N] [--response-length R] [--ppo-mini-batch-size M]
         [--train-size 2000] [--teacher-sft-steps 1200] [--student-sft-steps 150]
         [--demo-out out/demo] [--machine-load TEXT] [--out bench/results/step.json]
@@ -20,7 +21,9 @@ on) and one forward+backward+AdamW per optimizer step, with nothing else in betw
 bench/results/step.json has, at the top, `overhead_fraction` (the worst over our runs of median
 overhead ÷ median step) and `floor_ratio` (the worst over our runs of median step ÷ the median
 floor step with the same KL setting), then per run the phase table, and per phase how many
-milliseconds it costs beyond the floor's counterpart. Wall times depend on whatever else runs on
+milliseconds it costs beyond the floor's counterpart. A run of ours without the old-logprob pass
+(the engine's exact logprobs serve, the default on CPU) also gets `floor_ratio_same_work`: its step
+÷ the floor step less the floor's student forward. Wall times depend on whatever else runs on
 the machine: the file records the CPU, the thread count and the load average (start, end).
 """
 
@@ -422,6 +425,9 @@ def report(steps: dict[str, Timed], cases: Sequence[Case]) -> dict[str, Any]:
         if runner != "floor" and floor is not None:
             run["floor_ratio"] = round(run["step_s"]["median"] / floor["step_s"]["median"], 3)
             run["vs_floor_ms"] = versus_floor(run, floor)
+            if "old_logprob" not in run["phases_s"]:  # the engine's logprobs: no student pass
+                same_work = floor["step_s"]["median"] - floor["phases_s"]["student_fwd"]["median"]
+                run["floor_ratio_same_work"] = round(run["step_s"]["median"] / same_work, 3)
     return runs
 
 
@@ -481,8 +487,10 @@ def add_work_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--old-logprobs-from-rollout",
-        action="store_true",
-        help="ours with RunOptions.old_logprobs_from_rollout (no old-logprob pass, as TRL)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="RunOptions.old_logprobs_from_rollout for ours (default unset: on where the "
+        "engine's logprobs are exact, as the HF engine's on CPU; then no old-logprob pass, as TRL)",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="P=V")
     for flag in ("batch-size", "rollout-n", "response-length", "ppo-mini-batch-size"):

@@ -80,7 +80,10 @@ def gae_history(student_dir: Path, data_dir: Path, tmp_path_factory) -> list[dic
         },
     }
     out = tmp_path_factory.mktemp("gae-run")
-    options = RunOptions(backend="inprocess", output_dir=out, progress=False)
+    # The actor's scoring pass too, which the CPU engine's exact logprobs replace by default.
+    options = RunOptions(
+        backend="inprocess", output_dir=out, progress=False, old_logprobs_from_rollout=False
+    )
     return run_job(load_job(document), options).history
 
 

@@ -1,5 +1,6 @@
-"""What issue #18's speed work relies on: the token budget sizes micro-batches by default, and the
-old-logprob pass gets the entropy from the same forward (equal to two separate passes)."""
+"""What issue #18's speed work relies on: the token budget sizes micro-batches by default, the
+old-logprob pass gets the entropy from the same forward (equal to two separate passes), and where
+the engine's logprobs are exact they replace that pass."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 from distill_api import DistillJobSpec
+from distill_api.v1alpha1 import RolloutEngineName
 from distill_trainer.algorithm import entropy_from_logits, token_logprobs_from_logits
 from distill_trainer.batch import micro_batch_rows
 from distill_trainer.config import ActorConfig, OptimConfig, RolloutConfig, RunOptions, role_configs
 from distill_trainer.driver import train_step
-from distill_trainer.roles import SamplingParams
+from distill_trainer.roles import SamplingParams, exact_behaviour_logprobs
 from distill_trainer.roles.rollout_hf import HFRolloutEngine
 from distill_trainer.roles.trainer import HFActor
 from distill_trainer.setup import setup_run
@@ -61,30 +63,47 @@ def test_old_logprobs_with_entropy_equal_two_separate_passes(student_dir: Path) 
     assert (fused.entropy[~mask] == 0).all() and (fused.entropy[mask] > 0).all()
 
 
-def test_old_logprobs_from_rollout_skip_the_pass_and_train_the_same(
+def test_exact_engine_logprobs_replace_the_old_logprob_pass(
     make_job, teacher_dir: Path, tmp_path: Path
 ) -> None:
-    """The HF engine on CPU samples with the actor's float32 weights: its behaviour logprobs are
-    the old logprobs, so skipping the actor's pass changes the update only by rounding."""
+    """The HF engine on CPU samples with the actor's float32 weights: by default its behaviour
+    logprobs are the old logprobs and its entropies the student's, and skipping the actor's pass
+    changes the update only by rounding."""
     job = make_job(teacher={"model": str(teacher_dir)})
-    steps = {}
-    for bypass in (False, True):
+    steps, resolved = {}, {}
+    for asked in (False, None):
         options = RunOptions(
-            backend="inprocess", device="cpu", output_dir=tmp_path / str(bypass), progress=False,
-            old_logprobs_from_rollout=bypass,
+            backend="inprocess", device="cpu", output_dir=tmp_path / str(asked), progress=False,
+            old_logprobs_from_rollout=asked,
         )  # fmt: skip
         run = setup_run(job, options)
         try:
-            steps[bypass] = train_step(run, run.train[:2], old_logprobs_from_rollout=bypass)
+            resolved[asked] = run.old_logprobs_from_rollout
+            steps[asked] = train_step(run, run.train[:2])
         finally:
             run.close()
-    (plain, plain_batch), (bypassed, batch) = steps[False], steps[True]
+    assert resolved == {False: False, None: True}
+    (plain, plain_batch), (bypassed, batch) = steps[False], steps[None]
     assert torch.equal(batch.input_ids, plain_batch.input_ids)  # the same samples
     assert batch.old_logprobs is batch.rollout_logprobs
     torch.testing.assert_close(batch.old_logprobs, plain_batch.old_logprobs, atol=1e-5, rtol=0)
-    assert "timing_s/old_logprob" not in bypassed and "actor/entropy" not in bypassed
-    assert "timing_s/old_logprob" in plain and "actor/entropy" in plain
-    for key in ("actor/pg_loss", "actor/grad_norm", "distill/kl_per_token"):
+    assert "timing_s/old_logprob" not in bypassed and "timing_s/old_logprob" in plain
+    assert plain["rollout/logprob_mismatch"] < 1e-5
+    mask = batch.response_mask.bool()
+    assert (batch.rollout_entropy[~mask] == 0).all() and (batch.rollout_entropy[mask] > 0).all()
+    for key in ("actor/entropy", "actor/pg_loss", "actor/grad_norm", "distill/kl_per_token"):
         assert bypassed[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
+    # Unset is not hashed into checkpoints (exact where it turns on); asked for, it is.
     assert RunOptions(old_logprobs_from_rollout=True).math_options()["oldLogprobsFromRollout"]
     assert "oldLogprobsFromRollout" not in RunOptions().math_options()
+
+
+def test_engine_logprobs_are_exact_only_for_the_hf_engine_on_cpu_at_top_p_1(make_job) -> None:
+    spec = make_job().spec
+    hf, vllm = RolloutEngineName.HF, RolloutEngineName.VLLM
+    assert exact_behaviour_logprobs(spec, hf, "cpu", "inprocess")
+    assert not exact_behaviour_logprobs(spec, vllm, "cpu", "inprocess")
+    nucleus = make_job(rollout={"topP": 0.9}).spec
+    assert not exact_behaviour_logprobs(nucleus, hf, "cpu", "inprocess")
+    if torch.cuda.is_available():
+        assert not exact_behaviour_logprobs(spec, hf, "cuda", "inprocess")

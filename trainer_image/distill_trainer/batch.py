@@ -36,6 +36,7 @@ class RolloutBatch:
     response_mask: Tensor  # [N, R] float
     group_ids: Tensor  # [N] long: index of the prompt within the step
     rollout_logprobs: Tensor | None = None  # [N, R] behaviour logprobs from the rollout engine
+    rollout_entropy: Tensor | None = None  # [N, R] entropy of the engine's sampling distribution
     truncated: Tensor | None = None  # [N] bool: cut at maxResponseLength without an EOS
     scores: Tensor | None = None  # [N] grader score
     step_rewards: Tensor | None = None  # [N, R] score at each response's last token

@@ -61,12 +61,13 @@ class RunOptions(BaseModel):
     logprob_chunk_tokens: int = Field(
         1024, ge=1, description="Response tokens whose [n, V] logits exist at once."
     )
-    old_logprobs_from_rollout: bool = Field(
-        False,
+    old_logprobs_from_rollout: bool | None = Field(
+        None,
         description="Use the rollout engine's behaviour logprobs as the PPO old logprobs and "
-        "skip the actor's scoring pass (verl's bypass mode). Exact only when the engine runs the "
-        "actor's weights at the actor's precision (the HF engine on CPU, float32); "
-        "actor/entropy is not logged then.",
+        "skip the actor's scoring pass (verl's bypass mode). Unset: where that is exact, the HF "
+        "engine sampling the whole distribution (top_p 1) on this machine's CPU in float32 with "
+        "the actor's own weights; its entropies are then actor/entropy. True: everywhere (with "
+        "vLLM an approximation, and no actor/entropy). False: never.",
     )
     resume_from: str | None = Field(
         None, description="Checkpoint URI to continue from (default: the job's newest)."
@@ -81,7 +82,8 @@ class RunOptions(BaseModel):
             "clipRatioC": self.clip_ratio_c,
             "lossAgg": self.loss_agg.value,
         }
-        if self.old_logprobs_from_rollout:  # only when on: older checkpoints keep their hash
+        # Asked for, not unset: where unset turns it on it changes the update only by rounding.
+        if self.old_logprobs_from_rollout:
             math["oldLogprobsFromRollout"] = True
         return math
 

@@ -94,13 +94,12 @@ class PhaseTimer:
 _GRADING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
 
 
-def train_step(
-    run: Run, prompts: list[EncodedPrompt], old_logprobs_from_rollout: bool = False
-) -> tuple[dict[str, float], RolloutBatch]:
+def train_step(run: Run, prompts: list[EncodedPrompt]) -> tuple[dict[str, float], RolloutBatch]:
     """One step of on-policy distillation on a batch of prompts; returns its metrics and batch.
 
-    `old_logprobs_from_rollout` (RunOptions): the engine's behaviour logprobs are the old
-    logprobs, and the actor's scoring pass is skipped."""
+    `run.old_logprobs_from_rollout` (RunOptions; by default where the engine's logprobs are
+    exact): the engine's behaviour logprobs are the old logprobs, its sampling entropies the
+    student's entropy, and the actor's scoring pass is skipped."""
     roles, alg, timer = run.roles, run.spec.algorithm, PhaseTimer()
     with timer("generate"):
         rollouts = roles.rollout.generate(
@@ -111,8 +110,8 @@ def train_step(
     with timer("grade"):  # submitted here, awaited before the advantage: both parts count
         grading = _GRADING.submit(run.grade, batch, prompts)
     entropy = None
-    if old_logprobs_from_rollout and batch.rollout_logprobs is not None:
-        batch.old_logprobs = batch.rollout_logprobs
+    if run.old_logprobs_from_rollout and batch.rollout_logprobs is not None:
+        batch.old_logprobs, entropy = batch.rollout_logprobs, batch.rollout_entropy
     else:
         with timer("old_logprob"):
             student = roles.actor.compute_logprobs(batch, with_entropy=True)
@@ -167,7 +166,8 @@ def train_step(
 def rollout_metrics(batch: RolloutBatch, entropy: torch.Tensor | None) -> dict[str, float]:
     """Reward, response length, clip ratio (responses cut without an EOS), student entropy, and
     `rollout/logprob_mismatch`: mean |behaviour − old| logprob over response tokens (≈ 0 unless
-    top_p < 1 or bf16 sampling; a JSONL/WandB diagnostic, not a Prometheus gauge)."""
+    top_p < 1 or bf16 sampling; a JSONL/WandB diagnostic, not a Prometheus gauge; absent when the
+    behaviour logprobs are the old ones)."""
     assert batch.scores is not None and batch.truncated is not None
     mask = batch.response_mask
     metrics = {
@@ -177,7 +177,8 @@ def rollout_metrics(batch: RolloutBatch, entropy: torch.Tensor | None) -> dict[s
     }
     if entropy is not None:
         metrics["actor/entropy"] = masked_mean(entropy, mask).item()
-    if batch.rollout_logprobs is not None and batch.old_logprobs is not None:
+    rescored = batch.old_logprobs is not batch.rollout_logprobs
+    if batch.rollout_logprobs is not None and batch.old_logprobs is not None and rescored:
         gap = (batch.rollout_logprobs - batch.old_logprobs).abs()
         metrics["rollout/logprob_mismatch"] = masked_mean(gap, mask).item()
     return metrics
@@ -319,7 +320,7 @@ def _train(run: Run, options: RunOptions) -> list[dict[str, float]]:
     for step in range(run.start_step + 1, run.total_steps + 1):
         epoch, prompts = next(batches)
         started = time.perf_counter()
-        metrics, _ = train_step(run, prompts, options.old_logprobs_from_rollout)
+        metrics, _ = train_step(run, prompts)
         seconds = time.perf_counter() - started
         tokens = sum(len(p.token_ids) for p in prompts) * run.spec.algorithm.rollout_n
         tokens += metrics["response_length/mean"] * len(prompts) * run.spec.algorithm.rollout_n

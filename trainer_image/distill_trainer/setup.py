@@ -61,6 +61,8 @@ class Run:
     last_checkpoint: str | None = None  # URI of the newest committed checkpoint
     final_model: str | None = None  # URI of the exported student, once written
     weight_version: int = 0  # what the rollout engines must hold: syncs so far (driver.py)
+    # The engine's behaviour logprobs serve as the old logprobs (RunOptions, resolved here).
+    old_logprobs_from_rollout: bool = False
 
     @property
     def start_step(self) -> int:
@@ -251,6 +253,11 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
         closers=closers,
         resume=resume,
         last_checkpoint=resume.uri if resume else None,
+        old_logprobs_from_rollout=(
+            roles.exact_logprobs
+            if options.old_logprobs_from_rollout is None
+            else options.old_logprobs_from_rollout
+        ),
     )
 
 

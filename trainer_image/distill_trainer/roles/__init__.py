@@ -68,6 +68,7 @@ class Roles:
     critic: Critic | None
     weight_sync: WeightSync = WeightSync.RELOAD  # resolved: reload or nccl
     colocated: bool = False  # every role in one Ray worker process (RayTrainingGroup.colocated)
+    exact_logprobs: bool = False  # the engine's behaviour logprobs are the actor's own
 
     def sync_weights(self) -> dict[str, float]:
         """The actor's current weights to the rollout engines, by the run's path; returns the
@@ -132,7 +133,29 @@ def build_roles(
     if sync == WeightSync.NCCL:  # the engines and actor rank 0 rendezvous inside this call
         log.info("weight sync: vLLM's NCCL weight transfer from actor rank 0")
         built["actor"].init_weight_transfer(built["rollout"].handles)
-    return Roles(**built, weight_sync=sync, colocated=colocated)
+    exact = exact_behaviour_logprobs(spec, engine, configs.rollout.device, backend)
+    return Roles(**built, weight_sync=sync, colocated=colocated, exact_logprobs=exact)
+
+
+def exact_behaviour_logprobs(
+    spec: DistillJobSpec, engine: RolloutEngineName, device: str, backend: str
+) -> bool:
+    """Whether the engine samples with exactly the actor's distribution, so its logprobs are the
+    actor's old logprobs up to rounding: the HF engine (the actor's model class and weights, no
+    KV-cache quantisation) in float32 on this machine's CPU, with nothing cut by top-p.
+
+    Not on a DistillJob's cluster, whose rollout workers may hold GPUs the driver cannot see
+    (bf16 autocast there), and never with vLLM (its own kernels, bf16)."""
+    from distill_trainer.roles.models import resolve_device
+
+    if engine != RolloutEngineName.HF or spec.rollout.top_p < 1.0:
+        return False
+    if backend == "ray":
+        import ray
+
+        if ray.cluster_resources().get("rollout", 0) > 0:
+            return False
+    return resolve_device(device) == "cpu"
 
 
 def weight_sync(spec: DistillJobSpec, engine: RolloutEngineName, backend: str) -> WeightSync:

@@ -39,6 +39,7 @@ class Rollouts:
     logprobs: Tensor | None  # [N, R] behaviour logprobs, 0.0 on padding
     truncated: Tensor  # [N] bool: cut at max_new_tokens without an EOS
     weight_version: int = 0  # the `Weights.version` the engine sampled with
+    entropy: Tensor | None = None  # [N, R] entropy of each sampling distribution (HF engine)
 
     def expect_weight_version(self, expected: int) -> None:
         """Raise `StaleWeightsError` unless these were sampled with weights `expected`."""
@@ -58,6 +59,7 @@ class Rollouts:
             response_mask=self.response_mask,
             group_ids=torch.arange(self.prompt_ids.shape[0] // n).repeat_interleave(n),
             rollout_logprobs=self.logprobs,
+            rollout_entropy=self.entropy,
             truncated=self.truncated,
         )
 
@@ -69,17 +71,22 @@ class Rollouts:
         versions = sorted({p.weight_version for p in parts})
         if len(versions) > 1:
             raise StaleWeightsError(f"rollout replicas hold different weight versions {versions}")
-        logprobs = None
-        if all(p.logprobs is not None for p in parts):
-            logprobs = pad_cat([p.logprobs for p in parts], 0.0, left=False)
+
+        def responses(name: str) -> Tensor | None:
+            tensors = [getattr(p, name) for p in parts]
+            if any(t is None for t in tensors):
+                return None
+            return pad_cat(tensors, 0.0, left=False)
+
         return Rollouts(
             prompt_ids=pad_cat([p.prompt_ids for p in parts], pad_token_id, left=True),
             prompt_mask=pad_cat([p.prompt_mask for p in parts], 0, left=True),
             response_ids=pad_cat([p.response_ids for p in parts], pad_token_id, left=False),
             response_mask=pad_cat([p.response_mask for p in parts], 0.0, left=False),
-            logprobs=logprobs,
+            logprobs=responses("logprobs"),
             truncated=torch.cat([p.truncated for p in parts]),
             weight_version=versions[0],
+            entropy=responses("entropy"),
         )
 
 

@@ -35,31 +35,37 @@ log = logging.getLogger(__name__)
 
 
 class _SampledTokenLogprobs(LogitsProcessor):
-    """Records log π(token) of each sampled token; must run after every other processor.
+    """Records log π(token) of each sampled token and the entropy of the distribution it was
+    drawn from; must run after every other processor.
 
     At step k it sees the token sampled at step k−1 (the last column of input_ids), so it keeps
-    one [N, V] log-softmax at a time and a list of [N] gathered values.
+    one [N, V] log-softmax at a time and lists of [N] values.
     """
 
     def __init__(self) -> None:
         self.previous: Tensor | None = None
         self.gathered: list[Tensor] = []
+        self.entropies: list[Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.previous is not None:
             self._gather(input_ids[:, -1])
         self.previous = torch.log_softmax(scores.float(), dim=-1)
+        # H = −Σ p log p; a token the warpers removed has p = 0 and log p = −inf: it adds 0.
+        plogp = self.previous.exp() * self.previous
+        self.entropies.append(-torch.nan_to_num(plogp, nan=0.0).sum(-1))
         return scores
 
     def _gather(self, tokens: Tensor) -> None:
         assert self.previous is not None
         self.gathered.append(self.previous.gather(1, tokens[:, None]).squeeze(1))
 
-    def finish(self, last_tokens: Tensor) -> Tensor:
-        """[N, L] logprobs once generation is over (the last token is gathered here)."""
+    def finish(self, last_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """[N, L] logprobs and entropies once generation is over (the last token is gathered
+        here)."""
         self._gather(last_tokens)
         self.previous = None
-        return torch.stack(self.gathered, dim=1)
+        return torch.stack(self.gathered, dim=1), torch.stack(self.entropies, dim=1)
 
 
 def sampling_processors(
@@ -148,16 +154,18 @@ class HFRolloutEngine:
         response_ids = out[:, input_ids.shape[1] :]
         eos_ids = torch.tensor(self.eos_ids, device=out.device)
         response_mask = first_eos_mask(response_ids, eos_ids)
-        logprobs = None
+        logprobs = entropy = None
         if recorder is not None:
-            logprobs = torch.where(response_mask.bool(), recorder.finish(response_ids[:, -1]), 0.0)
-            logprobs = logprobs.cpu()
+            logprobs, entropy = recorder.finish(response_ids[:, -1])
+            logprobs = torch.where(response_mask.bool(), logprobs, 0.0).cpu()
+            entropy = torch.where(response_mask.bool(), entropy, 0.0).cpu()
         return Rollouts(
             prompt_ids=input_ids.repeat_interleave(n, dim=0).cpu(),
             prompt_mask=attention_mask.repeat_interleave(n, dim=0).cpu(),
             response_ids=torch.where(response_mask.bool(), response_ids, self.pad_id).cpu(),
             response_mask=response_mask.cpu(),
             logprobs=logprobs,
+            entropy=entropy,
             truncated=truncated_rows(response_ids, eos_ids).cpu(),
             weight_version=self.weight_version,
         )
