@@ -19,7 +19,7 @@ roles/trainer.py. Rank 0 names the rendezvous address; every rank then joins and
 
 `RayTrainingGroup.colocated({"rollout": …, "actor": …, "teacher": …})`: every role in one worker
 process, each called through a group of its own (a local Ray on CPU where each role has one rank:
-roles/__init__.py `colocate`).
+roles/__init__.py `build_roles`, RunOptions.colocate).
 
 `RayRoleGroup(HFRolloutEngine, cfg, placement)`: independent replicas (the rollout engines).
 Calls are dispatched by kind:
@@ -89,7 +89,7 @@ def init_ray(num_cpus: int | None) -> bool:
         # Ray starts workers at niceness 15 so that its own daemons stay responsive. Here the
         # workers are the job, and they share the cores with the driver and its grader pool
         # (niceness 0): at 15 a role lost a core to them whenever they woke, and its OpenMP
-        # threads waited for the starved one at every barrier (teacher scoring 226 → 146 ms
+        # threads waited for the starved one at every barrier (teacher scoring 234 → 146 ms
         # on the demo: docs/benchmarks.md, change 10). A cluster's pods keep Ray's setting.
         _system_config={"worker_niceness": 0},
     )
