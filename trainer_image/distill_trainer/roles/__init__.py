@@ -118,14 +118,24 @@ def build_roles(
     if configs.critic is not None:
         wanted["critic"] = (HFCritic, configs.critic)
     built: dict[str, Any] = {"teacher": None, "critic": None}
-    colocated = backend == "ray" and colocate and _one_local_cpu_rank_each(wanted, spec)
+    placements: dict[str, Placement] = {}
+    if backend == "ray":
+        placements = {
+            name: _placement(name, cfg, spec, len(wanted)) for name, (_, cfg) in wanted.items()
+        }
+    # A local Ray on CPU with one rank a role: every placement is one plain CPU process.
+    colocated = (
+        colocate
+        and bool(placements)
+        and all(p.replicas == 1 and not p.num_gpus and not p.resources for p in placements.values())
+    )
     for name, (cls, cfg) in wanted.items():
         where = "colocated ray" if colocated else backend
         log.info("building %s (%s, %s) from %s", name, where, cls.__name__, cfg.model)
         if backend == "inprocess":
             built[name] = cls(cfg)
         elif not colocated:
-            built[name] = _ray_group(name, cls, cfg, spec, len(wanted), pad_token_id)
+            built[name] = _ray_group(name, cls, cfg, placements[name], pad_token_id)
     if colocated:
         from distill_trainer.roles.group import RayTrainingGroup
 
@@ -215,22 +225,9 @@ def _placement(name: str, cfg: Any, spec: DistillJobSpec, n_roles: int) -> Place
     return training_placement(name, replicas, gpus, device, n_roles)
 
 
-def _one_local_cpu_rank_each(wanted: dict[str, tuple[type, Any]], spec: DistillJobSpec) -> bool:
-    """Whether every role would be one CPU process of a local Ray (no role resources, which a
-    DistillJob's cluster advertises; no GPU; one rank or replica each)."""
-    for name, (_, cfg) in wanted.items():
-        placement = _placement(name, cfg, spec, len(wanted))
-        if placement.replicas != 1 or placement.num_gpus or placement.resources:
-            return False
-    return True
-
-
-def _ray_group(
-    name: str, cls: type, cfg: Any, spec: DistillJobSpec, n_roles: int, pad_token_id: int
-) -> Any:
+def _ray_group(name: str, cls: type, cfg: Any, placement: Placement, pad_token_id: int) -> Any:
     from distill_trainer.roles.group import RayRoleGroup, RayTrainingGroup
 
-    placement = _placement(name, cfg, spec, n_roles)
     if name == "rollout":
         return RayRoleGroup(cls, cfg, placement, pad_token_id)
     log.info("%s: %d ranks", name, placement.replicas)
