@@ -101,9 +101,14 @@ def test_exact_engine_logprobs_replace_the_old_logprob_pass(
 def test_engine_logprobs_are_exact_only_for_the_hf_engine_on_cpu_at_top_p_1(make_job) -> None:
     spec = make_job().spec
     hf, vllm = RolloutEngineName.HF, RolloutEngineName.VLLM
-    assert exact_behaviour_logprobs(spec, hf, "cpu", "inprocess")
-    assert not exact_behaviour_logprobs(spec, vllm, "cpu", "inprocess")
+    assert exact_behaviour_logprobs(spec, hf, "cpu")
+    assert not exact_behaviour_logprobs(spec, vllm, "cpu")
     nucleus = make_job(rollout={"topP": 0.9}).spec
-    assert not exact_behaviour_logprobs(nucleus, hf, "cpu", "inprocess")
+    assert not exact_behaviour_logprobs(nucleus, hf, "cpu")
     if torch.cuda.is_available():
-        assert not exact_behaviour_logprobs(spec, hf, "cuda", "inprocess")
+        assert not exact_behaviour_logprobs(spec, hf, "cuda")
+    from distill_trainer.roles.group import Placement
+
+    assert exact_behaviour_logprobs(spec, hf, "cpu", Placement(1, 0.0, {}))  # a local Ray
+    # A DistillJob's cluster: the engines go to pods advertising the role's resource.
+    assert not exact_behaviour_logprobs(spec, hf, "cpu", Placement(1, 0.0, {"rollout": 1.0}))

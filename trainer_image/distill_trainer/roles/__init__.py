@@ -143,28 +143,31 @@ def build_roles(
     if sync == WeightSync.NCCL:  # the engines and actor rank 0 rendezvous inside this call
         log.info("weight sync: vLLM's NCCL weight transfer from actor rank 0")
         built["actor"].init_weight_transfer(built["rollout"].handles)
-    exact = exact_behaviour_logprobs(spec, engine, configs.rollout.device, backend)
+    exact = exact_behaviour_logprobs(
+        spec, engine, configs.rollout.device, placements.get("rollout")
+    )
     return Roles(**built, weight_sync=sync, colocated=colocated, exact_logprobs=exact)
 
 
 def exact_behaviour_logprobs(
-    spec: DistillJobSpec, engine: RolloutEngineName, device: str, backend: str
+    spec: DistillJobSpec,
+    engine: RolloutEngineName,
+    device: str,
+    rollout_placement: Placement | None = None,
 ) -> bool:
     """Whether the engine samples with exactly the actor's distribution, so its logprobs are the
     actor's old logprobs up to rounding: the HF engine (the actor's model class and weights, no
     KV-cache quantisation) in float32 on this machine's CPU, with nothing cut by top-p.
 
-    Not on a DistillJob's cluster, whose rollout workers may hold GPUs the driver cannot see
-    (bf16 autocast there), and never with vLLM (its own kernels, bf16)."""
+    Not where the rollout workers are placed by a DistillJob cluster's role resource: they may
+    hold GPUs the driver cannot see (bf16 autocast there). Never with vLLM (its own kernels,
+    bf16). `rollout_placement`: the engines' Ray placement (None in-process)."""
     from distill_trainer.roles.models import resolve_device
 
     if engine != RolloutEngineName.HF or spec.rollout.top_p < 1.0:
         return False
-    if backend == "ray":
-        import ray
-
-        if ray.cluster_resources().get("rollout", 0) > 0:
-            return False
+    if rollout_placement is not None and rollout_placement.resources:
+        return False
     return resolve_device(device) == "cpu"
 
 
