@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill_api.v1alpha1 import LoraConfig
 from distill_trainer.algorithm import (
     entropy_from_logits,
     token_logprobs_from_hidden,
@@ -73,7 +74,7 @@ def _common_rollout(model_dir: Path) -> dict:
 def _gradients(model_dir: Path, batch: RolloutBatch, **extra) -> torch.Tensor:
     actor = HFActor(_config(model_dir, **extra))
     actor.update(batch)
-    return torch.cat([p.grad.flatten() for p in actor.model.parameters()])
+    return torch.cat([p.grad.flatten() for p in actor.model.parameters() if p.requires_grad])
 
 
 def test_token_budget_micro_batches_give_the_fixed_row_gradient(
@@ -98,6 +99,20 @@ def test_gradient_checkpointing_gives_the_same_gradient(
         student_dir, batch, max_tokens_per_micro_batch=200, gradient_checkpointing=True
     )
     assert plain.abs().sum() > 0
+    torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-4)
+
+
+def test_gradient_checkpointing_replays_the_lora_dropout_masks(
+    batch: RolloutBatch, student_dir: Path
+) -> None:
+    # The re-run forward in backward must drop what the forward dropped. B starts at 0, so the
+    # loss is the same under any mask, but B's gradient is taken through dropout(x) @ Aᵀ.
+    lora = LoraConfig(rank=4, alpha=8, dropout=0.5)
+    plain = _gradients(student_dir, batch, lora=lora)
+    checkpointed = _gradients(student_dir, batch, lora=lora, gradient_checkpointing=True)
+    without_dropout = _gradients(student_dir, batch, lora=LoraConfig(rank=4, alpha=8))
+    assert plain.abs().sum() > 0
+    assert (plain - without_dropout).abs().max() > 1e-3  # the masks do shape the gradient
     torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-4)
 
 

@@ -94,16 +94,25 @@ def max_over_ranks(value: int) -> int:
 
 
 def shard_model(
-    model: nn.Module, layers: nn.ModuleList, device: str, train: bool, checkpointing: bool
+    model: nn.Module,
+    layers: nn.ModuleList,
+    device: str,
+    train: bool,
+    checkpointing: bool,
+    dropout: bool = False,
 ) -> nn.Module:
     """Activation checkpointing per decoder layer (`layers`), then FSDP2 over two or more ranks.
 
     Checkpointing wraps the layers (torch's wrapper, as torchtitan does, so it holds in eval
     mode too; state_dict names are unchanged); only each layer's input is kept for backward.
+    With `dropout` (a model that trains in train mode, e.g. LoRA dropout) the re-run forward in
+    backward restores the RNG first, so it draws the forward's masks again: a fresh draw makes
+    the gradient that of another network. Without dropout nothing is random, and saving the RNG
+    state per layer would only cost time.
     """
     if checkpointing:
         for index, layer in enumerate(layers):
-            layers[index] = checkpoint_wrapper(layer, preserve_rng_state=False)
+            layers[index] = checkpoint_wrapper(layer, preserve_rng_state=dropout)
     if world_size() == 1:
         # Nothing to shard, and FSDP2's per-parameter DTensors cost more than the model's own
         # compute on a small model (a world of one on local Ray ran its updates up to 1.7x slower).

@@ -38,6 +38,11 @@ def apply_lora(model: Any, lora: LoraConfig) -> Any:
     return peft.get_peft_model(model, config)
 
 
+def has_dropout(lora: LoraConfig | None) -> bool:
+    """Whether the adapters drop inputs while training (the update then runs in train mode)."""
+    return lora is not None and lora.dropout > 0
+
+
 def lora_scaling(lora: LoraConfig) -> float:
     return lora.alpha / lora.rank
 

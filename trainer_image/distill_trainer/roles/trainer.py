@@ -60,7 +60,12 @@ from distill_trainer.checkpoint.state import (
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed, without_aliases
-from distill_trainer.roles.lora import apply_lora, lora_scaling, merged_named_tensors
+from distill_trainer.roles.lora import (
+    apply_lora,
+    has_dropout,
+    lora_scaling,
+    merged_named_tensors,
+)
 from distill_trainer.roles.models import (
     autocast,
     compute_dtype,
@@ -75,11 +80,15 @@ log = logging.getLogger(__name__)
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def place_model(model: Any, hf_model: PreTrainedModel, cfg: RoleConfig) -> Any:
+def place_model(
+    model: Any, hf_model: PreTrainedModel, cfg: RoleConfig, dropout: bool = False
+) -> Any:
     """The loaded (CPU) model on the role's device: activation checkpointing when asked, FSDP2
-    shards when the worker is in a process group."""
+    shards when the worker is in a process group. `dropout`: the model updates in train mode."""
     layers = hf_model.base_model.layers  # the decoder blocks: one FSDP unit each
-    return fsdp.shard_model(model, layers, cfg.device, cfg.train, cfg.gradient_checkpointing)
+    return fsdp.shard_model(
+        model, layers, cfg.device, cfg.train, cfg.gradient_checkpointing, dropout
+    )
 
 
 def load_on_cpu(cfg: RoleConfig, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> Any:
@@ -156,7 +165,7 @@ def load_scorer(cfg: RoleConfig, lora: LoraConfig | None = None) -> ResponseScor
     hf_model = load_on_cpu(cfg)
     lm = apply_lora(hf_model, lora) if lora is not None else hf_model
     scorer = ResponseScorer(lm, cfg.temperature, cfg.logprob_chunk_tokens)
-    return place_model(scorer, hf_model, cfg)
+    return place_model(scorer, hf_model, cfg, dropout=has_dropout(lora))
 
 
 @torch.no_grad()
@@ -355,8 +364,7 @@ class HFActor:
         return loss, metrics
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        lora_dropout = self.cfg.lora is not None and self.cfg.lora.dropout > 0
-        if lora_dropout:
+        if has_dropout(self.cfg.lora):
             self.model.train()  # dropout only while updating; logprobs stay deterministic
         try:
             return self.trainer.run(batch, self._loss, "actor")
