@@ -130,6 +130,13 @@ def test_cluster_resources_and_sharded_teacher(
             prompt = run.train[0].token_ids
             twice = run.roles.rollout.generate([prompt, prompt], 4, run.sampling)
             assert not torch.equal(twice.response_ids[:4], twice.response_ids[4:])
+            # A resume gives each replica its own stream back, replica 1's too.
+            saved = run.roles.rollout.sampling_state()
+            assert len(saved["replicas"]) == 2
+            first = run.roles.rollout.generate([prompt, prompt], 4, run.sampling)
+            run.roles.rollout.load_sampling_state(saved)
+            again = run.roles.rollout.generate([prompt, prompt], 4, run.sampling)
+            assert torch.equal(again.response_ids, first.response_ids)
             _, batch = train_step(run, run.train[:2])
             monkeypatch.chdir(tmp_path / "head-pod")
             for step in (1, 2):

@@ -29,6 +29,7 @@ Calls are dispatched by kind:
 - broadcast (`load_weights`): every replica gets the same argument; replica 0's answer returns;
 - by reference (`get_weights`): returns the Ray ObjectRef, which a later broadcast passes on
   from object store to workers without a round trip through the driver;
+- per replica (`sampling_state`, `load_sampling_state`): one state for each replica, in order;
 - anything else runs on replica 0.
 
 Replica r gets the role's config with seed + r, so sampling replicas draw different streams.
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 SHARDED = frozenset({"generate", "compute_logprobs", "compute_values"})
 BROADCAST = frozenset({"load_weights"})
 BY_REFERENCE = frozenset({"get_weights"})
+REPLICA_STATES = "replicas"  # RayRoleGroup.sampling_state: the list of every replica's state
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,24 @@ class RayRoleGroup(_CalledLikeTheRole):
             ]
             return merge_results(ray.get(refs), self.pad_token_id)
         return ray.get(getattr(self.handles[0], method).remote(*args, **kwargs))
+
+    def sampling_state(self) -> dict[str, Any]:
+        """Every replica's sampling state (each draws its own stream), in replica order."""
+        return {REPLICA_STATES: ray.get([h.sampling_state.remote() for h in self.handles])}
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        """Each replica takes its own state back. A state saved by one engine (in-process) is
+        replica 0's; replicas the checkpoint did not have keep their seeded start."""
+        states = state.get(REPLICA_STATES, [state])
+        if len(states) != len(self.handles):
+            log.warning(
+                "the checkpoint holds the sampling state of %d rollout replicas, this run has "
+                "%d: the samples will differ from the interrupted run's",
+                len(states), len(self.handles),
+            )  # fmt: skip
+        ray.get(
+            [h.load_sampling_state.remote(s) for h, s in zip(self.handles, states, strict=False)]
+        )
 
     def kill(self) -> None:
         for handle in self.handles:
