@@ -25,15 +25,30 @@ PLURAL = "distilljobs"
 SINGULAR = "distilljob"
 SHORT_NAME = "dj"
 
-# Kubernetes resource quantity ("500m", "16Gi", "2"), the API server's own regular expression.
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes resource quantity ("500m", "16Gi", "2", "1e3"): apimachinery's OpenAPI pattern for
+# resource.Quantity, as the vendored KubeRay CRD has it, so a value this accepts the RayJob's
+# schema accepts too ("1.2.3" or "2e" would pass a looser check here and 422 on the RayJob).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 # A DNS-1123 subdomain that also fits a label value (≤ 63): what Kueue's webhook requires of the
 # `kueue.x-k8s.io/queue-name` and `kueue.x-k8s.io/priority-class` labels (ValidateLabelAsCRDName).
 KUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 KueueName = Annotated[str, Field(pattern=KUEUE_NAME_PATTERN, min_length=1, max_length=63)]
-# Names the operator gives its own volumes in the Ray and grader pods.
+# Names the operator gives its own volumes in the Ray and grader pods, and where it mounts them
+# (the API server refuses a pod with two mounts at one path, after the RayJob was accepted).
 RESERVED_VOLUMES = frozenset({"job-spec", "tmp", "dshm", "checkpoints"})
+RESERVED_MOUNT_PATHS = ("/tmp", "/dev/shm", "/etc/distill")
+
+
+def _reserved_mount(path: str) -> str | None:
+    """A message when `path` is one of the operator's own mount paths, else None."""
+    if path.rstrip("/") in RESERVED_MOUNT_PATHS:
+        own = ", ".join(RESERVED_MOUNT_PATHS)
+        return f"{path!r} is where the operator mounts its own volumes ({own})"
+    return None
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -428,6 +443,9 @@ class PodSettings(PodPlacement):
                     f"{volume['name']!r} is the name of one of the operator's own volumes "
                     f"({', '.join(sorted(RESERVED_VOLUMES))})",
                 )
+        for index, mount in enumerate(self.volume_mounts or []):
+            if message := _reserved_mount(str(mount.get("mountPath", ""))):
+                raise FieldError(f"volumeMounts[{index}].mountPath", message)
         return self
 
 
@@ -494,11 +512,33 @@ class CheckpointVolume(ApiModel):
     """A PersistentVolumeClaim holding the checkpoints, mounted into the head and the actor and
     critic pods (ReadWriteMany when they can land on different nodes)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!(self.mountPath in " + str(list(RESERVED_MOUNT_PATHS)) + ")",
+                    "mountPath is where the operator mounts its own volumes ("
+                    + ", ".join(RESERVED_MOUNT_PATHS)
+                    + ")",
+                    ".mountPath",
+                )
+            ]
+        }
+    )
+
     claim_name: str = Field(min_length=1, description="PersistentVolumeClaim name.")
     mount_path: str = Field(
-        "/checkpoints", pattern=r"^/.+", description="Where the claim is mounted in the pods."
+        "/checkpoints",
+        pattern=r"^/.*[^/]$",  # no trailing "/": uri is compared with mountPath + "/"
+        description="Where the claim is mounted in the pods.",
     )
     sub_path: str | None = Field(None, min_length=1, description="Directory inside the volume.")
+
+    @model_validator(mode="after")
+    def _not_an_operator_mount(self) -> CheckpointVolume:
+        if message := _reserved_mount(self.mount_path):
+            raise FieldError("mountPath", message)
+        return self
 
 
 class Checkpoint(ApiModel):
@@ -506,7 +546,8 @@ class Checkpoint(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "!has(self.volume) || self.uri.startsWith(self.volume.mountPath)",
+                    "!has(self.volume) || self.uri == self.volume.mountPath"
+                    " || self.uri.startsWith(self.volume.mountPath + '/')",
                     "with checkpoint.volume, uri must be a path under volume.mountPath",
                     ".uri",
                 )
@@ -536,7 +577,8 @@ class Checkpoint(ApiModel):
 
     @model_validator(mode="after")
     def _uri_on_the_volume(self) -> Checkpoint:
-        if self.volume is not None and not self.uri.startswith(self.volume.mount_path):
+        mount = self.volume.mount_path if self.volume is not None else None
+        if mount is not None and not (self.uri == mount or self.uri.startswith(mount + "/")):
             raise FieldError(
                 "uri",
                 f"{self.uri!r} is not under volume.mountPath {self.volume.mount_path!r} "

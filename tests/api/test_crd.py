@@ -174,6 +174,18 @@ def test_cel_accepts_the_examples() -> None:
             lambda s: s["checkpoint"].update(volume={"claimName": "c", "mountPath": "/ckpt"}),
             "uri must be a path under volume.mountPath",
         ),
+        (
+            lambda s: s["checkpoint"].update(
+                uri="/ckpt-old/run", volume={"claimName": "c", "mountPath": "/ckpt"}
+            ),
+            "uri must be a path under volume.mountPath",
+        ),
+        (
+            lambda s: s["checkpoint"].update(
+                uri="/dev/shm/run", volume={"claimName": "c", "mountPath": "/dev/shm"}
+            ),
+            "mountPath is where the operator mounts its own volumes",
+        ),
         (lambda s: s["rollout"].update(weightSync="nccl"), "weightSync nccl needs engine vllm"),
         (
             lambda s: s["rollout"].update(weightSync="nccl", engine="hf"),

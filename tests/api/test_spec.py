@@ -186,6 +186,23 @@ def test_snake_and_camel_case_both_accepted_in_python() -> None:
             "spec.checkpoint.uri",
             "not under volume.mountPath '/checkpoints'",
         ),
+        # A sibling directory shares the prefix but is not on the volume.
+        (
+            {"checkpoint": {"uri": "/checkpoints-old/run", "volume": {"claimName": "ckpt"}}},
+            "spec.checkpoint.uri",
+            "not under volume.mountPath '/checkpoints'",
+        ),
+        # Two mounts at one path: the API server would refuse every Ray pod of the RayJob.
+        (
+            {"checkpoint": {"uri": "/tmp/c", "volume": {"claimName": "c", "mountPath": "/tmp"}}},
+            "spec.checkpoint.volume.mountPath",
+            "operator mounts its own volumes",
+        ),
+        (
+            {"pods": {"volumeMounts": [{"name": "data", "mountPath": "/etc/distill/"}]}},
+            "spec.pods.volumeMounts[0].mountPath",
+            "operator mounts its own volumes",
+        ),
     ],
 )
 def test_invalid_spec_names_the_field(overrides: dict, field: str, fragment: str) -> None:

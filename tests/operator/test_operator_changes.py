@@ -58,6 +58,9 @@ def test_kl_off_means_no_teacher_and_gae_adds_a_critic(cluster) -> None:
         ({"spec__algorithm__rolloutN": 1}, "spec.algorithm.rolloutN", "at least 2"),
         ({"spec__algorithm__klEstimator": "k2"}, "spec.algorithm.klEstimator", "k2"),
         ({"spec__grader__cpu": "two"}, "spec.grader.cpu", "two"),
+        # A looser pattern let this through, and the RayJob then failed KubeRay's schema (422,
+        # retried forever, nothing in the status).
+        ({"spec__resources__actor__memory": "1.2.3"}, "spec.resources.actor.memory", "1.2.3"),
         # Kueue's webhook would refuse the RayJob's label (a DNS-1123 subdomain) forever.
         ({"spec__queueName": "Team_Math"}, "spec.queueName", "should match"),
     ],
