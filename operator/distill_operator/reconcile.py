@@ -22,6 +22,7 @@ from distill_api.v1alpha1 import CheckpointStatus
 from distill_operator.apply import Kube, OwnedByAnother
 from distill_operator.builders import BuildOptions, build_children
 from distill_operator.builders.grader import INVALID_SPEC, has_finished
+from distill_operator.builders.pods import with_unset_pod_keys_removed
 from distill_operator.builders.rayjob import rayjob_mutable_spec
 from distill_operator.status import SPEC_VALID, set_condition
 
@@ -83,6 +84,15 @@ def job_of(body: Mapping[str, Any]) -> DistillJob | None:
     return job
 
 
+def update_patch(job: DistillJob, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that brings an existing `obj` to the built one (None: `obj` itself)."""
+    if obj["kind"] == "RayJob":
+        return {"spec": rayjob_mutable_spec(job)}
+    if obj["kind"] == "Deployment":
+        return with_unset_pod_keys_removed(obj)
+    return None
+
+
 def ensure_children(
     job: DistillJob, kube: Kube, options: BuildOptions, logger: kopf.Logger
 ) -> list[str]:
@@ -98,7 +108,7 @@ def ensure_children(
     for obj in build_children(job, options):
         if obj["kind"] == "RayJob" and finished:
             continue
-        update = {"spec": rayjob_mutable_spec(job)} if obj["kind"] == "RayJob" else None
+        update = update_patch(job, obj)
         try:
             outcome = kube.ensure(obj, owner_uid, update)
         except OwnedByAnother as error:

@@ -106,6 +106,22 @@ def test_running_job_takes_only_suspend_grader_and_ttl_changes(cluster, conditio
     assert cluster.job("steady")["status"]["phase"] == "Running"
 
 
+def test_grader_placement_taken_out_of_the_spec_leaves_the_pods(cluster) -> None:
+    cluster.new_job(
+        "placed",
+        spec__grader__nodeSelector={"pool": "cpu"},
+        spec__grader__tolerations=[{"key": "pool", "operator": "Exists"}],
+    )
+    pod_spec = cluster.child("Deployment", "placed-grader")["spec"]["template"]["spec"]
+    assert pod_spec["nodeSelector"] == {"pool": "cpu"} and pod_spec["tolerations"]
+
+    cluster.patch_spec("placed", {"grader": {"nodeSelector": None, "tolerations": None}})
+    cluster.wait_job("placed", lambda s: s.get("observedGeneration") == 2)
+    pod_spec = cluster.child("Deployment", "placed-grader")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod_spec and "tolerations" not in pod_spec, pod_spec
+    assert pod_spec["containers"][0]["name"]  # the rest of the template is still there
+
+
 def test_suspend_and_resume_reach_the_rayjob_and_grader(cluster) -> None:
     cluster.new_job("pause")
     cluster.patch_spec("pause", {"suspend": True})

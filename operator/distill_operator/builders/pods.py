@@ -8,6 +8,7 @@ to an emptyDir: /tmp (Ray's session dir /tmp/ray, caches under HOME=/tmp/home, t
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from distill_api import DistillJob
@@ -120,3 +121,22 @@ def apply_pod_settings(
     for container in spec["containers"]:
         _extend_container(container, job)
     return template
+
+
+# Pod-spec keys apply_pod_settings sets only when the spec asks for them.
+OPTIONAL_POD_KEYS = (
+    *(PodPlacement.model_fields[name].alias or name for name in PLACEMENT_FIELDS),
+    "imagePullSecrets",
+    "serviceAccountName",
+)
+
+
+def with_unset_pod_keys_removed(workload: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that brings an existing Deployment to `workload`: a merge patch keeps every
+    key it does not name, so a nodeSelector (say) taken out of the spec would stay on the pods;
+    each optional pod-spec key `workload` leaves out is named as null, which deletes it."""
+    patch = copy.deepcopy(workload)
+    pod_spec = patch["spec"]["template"]["spec"]
+    for key in OPTIONAL_POD_KEYS:
+        pod_spec.setdefault(key, None)
+    return patch
