@@ -35,9 +35,12 @@ def test_long_name_is_cut_with_a_hash_of_the_full_name() -> None:
     assert len(grader) <= 63 and grader.endswith("-grader")
 
 
-def test_leading_digit_gets_a_letter_prefix() -> None:
-    assert names.rayjob_name("7b-distill") == "dj-7b-distill"
-    assert names.trainer_service_name("7b-distill") == "dj-7b-distill-trainer"
+def test_leading_digit_gets_a_letter_prefix_that_no_plain_name_takes() -> None:
+    rayjob = names.rayjob_name("7b-distill")
+    assert re.fullmatch(r"dj-[0-9a-f]{6}-7b-distill", rayjob), rayjob
+    assert names.trainer_service_name("7b-distill") == f"{rayjob}-trainer"
+    # `dj-7b-distill` is a valid job name of its own: its children must not be these.
+    assert names.rayjob_name("dj-7b-distill") == "dj-7b-distill" != rayjob
 
 
 @given(job_names)

@@ -22,9 +22,10 @@ def _short_hash(text: str) -> str:
 def dns1035_name(job_name: str, suffix: str = "", max_len: int = SERVICE_NAME_MAX) -> str:
     """`<job>[-<suffix>]`, or `<cut job>-<hash>[-<suffix>]` when that would exceed max_len.
 
-    A leading digit gets a `dj-` prefix (DNS-1035 labels start with a letter).
+    A leading digit gets a `dj-<hash>-` prefix (DNS-1035 labels start with a letter). The hash
+    keeps it apart from the job a user names `dj-<job>`, which would own the same children.
     """
-    base = job_name if job_name[0].isalpha() else f"dj-{job_name}"
+    base = job_name if job_name[0].isalpha() else f"dj-{_short_hash(job_name)}-{job_name}"
     tail = f"-{suffix}" if suffix else ""
     if len(base) + len(tail) <= max_len:
         return base + tail
