@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from distill_api import load_job
 from distill_trainer.checkpoint import CheckpointError, JobCheckpoints, math_fields
+from distill_trainer.checkpoint.manifest import differing_fields
 from distill_trainer.checkpoint.state import capture_rng, load_weights, restore_rng, save_weights
 from distill_trainer.cli import main
 from distill_trainer.config import RunOptions
@@ -116,6 +117,18 @@ def test_a_changed_math_field_is_refused_unless_forced(make_job, tmp_path: Path)
     assert "training.learningRate: 0.003 in the checkpoint, 0.0001 now" in str(err.value)
     assert "--force-resume" in str(err.value)
     assert changed.resume_point(force=True) is not None
+
+
+def test_under_a_cosine_learning_rate_the_run_length_is_math(make_job) -> None:
+    def fields(**training):
+        return math_fields(make_job(training=training).spec)
+
+    cosine = {"lrSchedule": "cosine", "lrWarmupSteps": 2}
+    # The cosine decays over totalSteps: a longer run has a higher rate at every later step.
+    assert differing_fields(fields(**cosine, totalSteps=10), fields(**cosine, totalSteps=50)) == [
+        "training.totalSteps: 10 in the checkpoint, 50 now"
+    ]
+    assert fields(totalSteps=10) == fields(totalSteps=50)  # a constant rate does not care
 
 
 def test_the_cli_refuses_a_changed_checkpoint_with_one_error(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from distill_api import DistillJobSpec
+from distill_api.v1alpha1 import LrSchedule
 
 FORMAT = "distill-checkpoint/v1"
 MANIFEST = "manifest.json"
@@ -26,6 +27,8 @@ STEP_DIR = re.compile(r"^global_step_(\d+)$")
 SCHEDULE_FIELDS = frozenset(
     {"training.saveFreq", "training.testFreq", "training.totalSteps", "training.numEpochs"}
 )
+# ... except under a cosine learning rate, which decays over the run's length.
+RUN_LENGTH_FIELDS = frozenset({"training.totalSteps", "training.numEpochs"})
 MATH_SECTIONS = ("student", "teacher", "algorithm", "training", "rollout")
 
 
@@ -39,14 +42,18 @@ def step_dir(step: int) -> str:
 
 def math_fields(spec: DistillJobSpec, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flat `section.field` (camelCase, as in YAML) → value of everything that shapes the updates:
-    models, algorithm, training (but its schedule), rollout sampling, the training data, and the
-    run options that enter the loss (`options.*`)."""
+    models, algorithm, training (but its schedule; the run's length too under a cosine learning
+    rate), rollout sampling, the training data, and the run options that enter the loss
+    (`options.*`)."""
     document = spec.model_dump(mode="json", by_alias=True)
     fields: dict[str, Any] = {"data.train": spec.data.train}
     for section in MATH_SECTIONS:
         fields.update(_flatten(document.get(section), section))
     fields.update(_flatten(options or {}, "options"))
-    return {k: v for k, v in sorted(fields.items()) if k not in SCHEDULE_FIELDS}
+    schedule_only = SCHEDULE_FIELDS
+    if spec.training.lr_schedule == LrSchedule.COSINE:
+        schedule_only = SCHEDULE_FIELDS - RUN_LENGTH_FIELDS
+    return {k: v for k, v in sorted(fields.items()) if k not in schedule_only}
 
 
 def _flatten(value: Any, path: str) -> dict[str, Any]:
