@@ -529,7 +529,7 @@ class CheckpointVolume(ApiModel):
     claim_name: str = Field(min_length=1, description="PersistentVolumeClaim name.")
     mount_path: str = Field(
         "/checkpoints",
-        pattern=r"^/.*[^/]$",  # no trailing "/": uri is compared with mountPath + "/"
+        pattern=r"^/.+",
         description="Where the claim is mounted in the pods.",
     )
     sub_path: str | None = Field(None, min_length=1, description="Directory inside the volume.")
@@ -547,7 +547,8 @@ class Checkpoint(ApiModel):
             "x-kubernetes-validations": [
                 _cel(
                     "!has(self.volume) || self.uri == self.volume.mountPath"
-                    " || self.uri.startsWith(self.volume.mountPath + '/')",
+                    " || self.uri.startsWith(self.volume.mountPath.endsWith('/')"
+                    " ? self.volume.mountPath : self.volume.mountPath + '/')",
                     "with checkpoint.volume, uri must be a path under volume.mountPath",
                     ".uri",
                 )
@@ -577,7 +578,7 @@ class Checkpoint(ApiModel):
 
     @model_validator(mode="after")
     def _uri_on_the_volume(self) -> Checkpoint:
-        mount = self.volume.mount_path if self.volume is not None else None
+        mount = self.volume.mount_path.rstrip("/") if self.volume is not None else None
         if mount is not None and not (self.uri == mount or self.uri.startswith(mount + "/")):
             raise FieldError(
                 "uri",

@@ -14,6 +14,7 @@ import yaml
 
 from distill_api import load_job_file
 from distill_api.crd import CRD_NAME, build_crd, render_crd
+from distill_api.v1alpha1 import Checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_COPIES = [
@@ -217,6 +218,17 @@ def test_cel_allows_gae_with_critic_and_one_rollout() -> None:
     spec["algorithm"].update(advEstimator="gae", rolloutN=1)
     spec["resources"]["critic"] = {"replicas": 1, "gpusPerReplica": 1, "cpu": "8", "memory": "1Gi"}
     assert failing_messages(spec) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "mount_path"),
+    [("/ckpt/run", "/ckpt"), ("/ckpt/run", "/ckpt/"), ("/ckpt", "/ckpt")],
+)
+def test_checkpoint_uri_on_the_volume_passes_cel_and_pydantic(uri: str, mount_path: str) -> None:
+    spec = defaulted_spec()
+    spec["checkpoint"].update(uri=uri, volume={"claimName": "c", "mountPath": mount_path})
+    assert failing_messages(spec) == []
+    assert Checkpoint.model_validate(spec["checkpoint"]).uri == uri
 
 
 def test_transition_rules_allow_suspend_and_grader_replicas_only() -> None:
