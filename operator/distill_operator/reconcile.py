@@ -43,19 +43,35 @@ def read_job(body: Mapping[str, Any], patch: kopf.Patch) -> DistillJob:
     except ValidationError as error:
         message = format_validation_error(error)
         kopf.warn(body, reason="InvalidSpec", message=message)
-        conditions = set_condition(
-            (body.get("status") or {}).get("conditions") or [],
-            SPEC_VALID,
-            False,
-            INVALID_SPEC,
-            message,
-            now(),
-            body["metadata"].get("generation"),
+        generation = body["metadata"].get("generation")
+        patch.status.update(
+            invalid_spec_status(body.get("status") or {}, message, generation, now())
         )
-        patch.status.update(phase=JobPhase.FAILED.value, reason=INVALID_SPEC, conditions=conditions)
         raise kopf.PermanentError(f"invalid DistillJob: {message}") from error
     job.status = status_for_builders(body.get("status") or {})
     return job
+
+
+_RUN_ENDS = (JobPhase.SUCCEEDED.value, JobPhase.FAILED.value)
+
+
+def invalid_spec_status(
+    status: Mapping[str, Any], message: str, generation: int | None, at: dt.datetime
+) -> dict[str, Any]:
+    """The status patch for a spec that fails validation: SpecValid False, and phase Failed
+    with reason InvalidSpec. A job that already ran to an end (a stricter operator reading an
+    old spec) keeps its outcome: as InvalidSpec it would count as never run, and fixing the
+    spec would train it all over again."""
+    conditions = status.get("conditions") or []
+    fields: dict[str, Any] = {
+        "conditions": set_condition(
+            conditions, SPEC_VALID, False, INVALID_SPEC, message, at, generation
+        )
+    }
+    ran_to_an_end = status.get("phase") in _RUN_ENDS and status.get("reason") != INVALID_SPEC
+    if not ran_to_an_end:
+        fields.update(phase=JobPhase.FAILED.value, reason=INVALID_SPEC)
+    return fields
 
 
 def status_for_builders(status: Mapping[str, Any]) -> DistillJobStatus | None:

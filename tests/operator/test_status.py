@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from distill_api import DistillJobStatus, JobPhase
+from distill_operator.reconcile import invalid_spec_status
 from distill_operator.status import (
     admission_message,
     as_reason,
@@ -199,3 +200,31 @@ def test_same_rayjob_status_twice_is_no_patch() -> None:
     status = phase_status(phase_of(rayjob("Running", "RUNNING")), {}, T0, 1)
     again = phase_status(phase_of(rayjob("Running", "RUNNING")), status, T1, 1)
     assert changed_fields(again, status) == {}
+
+
+@pytest.mark.parametrize(
+    ("stored", "phase", "reason"),
+    [
+        ({}, "Failed", "InvalidSpec"),
+        ({"phase": "Running"}, "Failed", "InvalidSpec"),
+        # A stricter operator reading the spec of a job that already ran: its outcome stays, so
+        # has_finished still holds and fixing the spec does not train it again.
+        ({"phase": "Succeeded"}, "Succeeded", None),
+        ({"phase": "Failed", "reason": "DeadlineExceeded"}, "Failed", "DeadlineExceeded"),
+        ({"phase": "Failed", "reason": "InvalidSpec"}, "Failed", "InvalidSpec"),
+    ],
+)
+def test_invalid_spec_status_keeps_the_outcome_of_a_finished_run(
+    stored: dict, phase: str, reason: str | None
+) -> None:
+    at = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    fields = invalid_spec_status(stored, "spec.grader.cpu: bad", 3, at)
+    merged = {**stored, **fields}
+    assert (merged.get("phase"), merged.get("reason")) == (phase, reason)
+    (valid,) = fields["conditions"]
+    assert (valid["type"], valid["status"], valid["reason"]) == (
+        "SpecValid",
+        "False",
+        "InvalidSpec",
+    )
+    assert valid["message"] == "spec.grader.cpu: bad" and valid["observedGeneration"] == 3
