@@ -123,6 +123,35 @@ def test_endpoint_serves_the_step_metrics(gae_history, tmp_path: Path) -> None:
     assert not any(name == "actor_pg_clipfrac_lower" for name, _ in scraped)
 
 
+def test_a_phase_a_step_skipped_reads_zero_not_its_last_time(tmp_path: Path) -> None:
+    sink = MetricsSink("j", tmp_path, total_steps=3, metrics_port=0, progress=False)
+    try:
+        sink.log({"timing_s/validate": 30.0, "timing_s/generate": 2.0, "timing_s/step": 33.0}, 1)
+        sink.log({"timing_s/generate": 2.5, "timing_s/step": 2.6}, 2)
+        scraped = _scrape(sink.prometheus.port)
+    finally:
+        sink.close()
+
+    def seconds(phase: str) -> float:
+        return scraped[("timing_seconds", (("distilljob", "j"), ("phase", phase)))]
+
+    assert (seconds("validate"), seconds("generate"), seconds("step")) == (0.0, 2.5, 2.6)
+
+
+def test_a_resumed_run_reports_its_step_before_the_first_new_one(tmp_path: Path) -> None:
+    # Models load for minutes on a real run; the operator copies training_step into the
+    # DistillJob's status meanwhile, which must not go back to 0.
+    sink = MetricsSink("j", tmp_path, 200, metrics_port=0, progress=False, resumed_step=50)
+    try:
+        scraped = _scrape(sink.prometheus.port)
+    finally:
+        sink.close()
+    job = (("distilljob", "j"),)
+    assert scraped[("training_step", job)] == 50
+    assert scraped[("training_last_checkpoint_step", job)] == 50
+    assert scraped[("training_total_steps", job)] == 200
+
+
 def test_jsonl_has_one_line_per_log_and_nulls_for_non_finite(tmp_path: Path) -> None:
     sink = MetricsSink("j", tmp_path, total_steps=2, progress=False)
     sink.log({"training_step_reward": 0.5}, 1)

@@ -93,6 +93,10 @@ class PrometheusExporter:
         log.info("serving metrics on :%d/metrics", self.port)
 
     def update(self, metrics: dict[str, float]) -> None:
+        if f"{TIMING_PREFIX}step" in metrics:
+            # A step's record names only the phases it ran (validate, checkpoint: some steps);
+            # the others spent 0 s in it, not what they spent the last time they ran.
+            metrics = {f"{TIMING_PREFIX}{phase}": 0.0 for phase in TIMING_PHASES} | metrics
         for key, value in metrics.items():
             if key in self.gauges:
                 self.gauges[key].labels(self.job_name).set(value)
@@ -119,6 +123,7 @@ class MetricsSink:
         total_steps: int,
         metrics_port: int | None = None,
         progress: bool = True,
+        resumed_step: int | None = None,
     ) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.path = output_dir / "metrics.jsonl"
@@ -126,12 +131,18 @@ class MetricsSink:
         self.prometheus = None
         if metrics_port is not None:
             self.prometheus = PrometheusExporter(job_name, metrics_port)
-            # Known before the first step: scrapers see the run's size while models load.
-            self.prometheus.update({"training/step": 0.0, "training/total_steps": total_steps})
+            # Known before the first step: scrapers see the run's size (and a resumed run where
+            # it stands, not step 0: the operator copies it into the DistillJob's status) while
+            # models load.
+            known = {"training/step": float(resumed_step or 0), "training/total_steps": total_steps}
+            if resumed_step is not None:
+                known["training/last_checkpoint_step"] = float(resumed_step)
+            self.prometheus.update(known)
         # Created at the first log, so model loading does not count against its rate.
         self.bar: tqdm | None = None
         self.bar_args = {
             "total": total_steps,
+            "initial": resumed_step or 0,
             "desc": job_name,
             "unit": "step",
             "disable": not progress,

@@ -221,7 +221,10 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
     checkpoints, resume = open_checkpoints(job, options)
     closers = ExitStack()
     try:
-        sink, grader, roles = _start(job, options, tokenizer.pad_token_id, total_steps, closers)
+        resumed_step = resume.manifest.step if resume is not None else None
+        sink, grader, roles = _start(
+            job, options, tokenizer.pad_token_id, total_steps, resumed_step, closers
+        )
     except BaseException:
         closers.close()
         raise
@@ -285,12 +288,22 @@ def open_checkpoints(
 
 
 def _start(
-    job: DistillJob, options: RunOptions, pad_token_id: int, total_steps: int, closers: ExitStack
+    job: DistillJob,
+    options: RunOptions,
+    pad_token_id: int,
+    total_steps: int,
+    resumed_step: int | None,
+    closers: ExitStack,
 ) -> tuple[MetricsSink, Grader, Roles]:
     """Metrics first (the endpoint answers while models load), then grader, Ray and roles;
     each registers its own clean-up on `closers`."""
     sink = MetricsSink(
-        job.metadata.name, options.output_dir, total_steps, options.metrics_port, options.progress
+        job.metadata.name,
+        options.output_dir,
+        total_steps,
+        options.metrics_port,
+        options.progress,
+        resumed_step,
     )
     closers.callback(sink.close)
     grader = _grader(job.spec)
