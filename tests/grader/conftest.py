@@ -100,6 +100,14 @@ CORRECT = [
     (boxed(r"-2\le x\le 7"), r"x\in[-2,7]"),
     (r"x = \boxed{2} or x = \boxed{3}", "2, 3"),
     ("Final Answer: The largest $n$ is 34.", "34"),
+    # An escaped dollar is money inside the math, not its end.
+    (r"Final Answer: The final answer is $\$18.90$.", "18.90"),
+    (r"Answer: $\$1{,}000$", "1000"),
+    # Two prices on the answer's line are not one formula.
+    ("The answer is $18. So he pays $18 in total.", "18"),
+    ("Answer: $18 per day, i.e. $126 a week", "18"),
+    ("#### $18 (he saves $2)", "18"),
+    ("The answer is $3 + 4$.", "7"),
 ]
 WRONG = [
     (boxed("2"), "3"),

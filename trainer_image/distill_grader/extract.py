@@ -28,14 +28,16 @@ _BARE_TRAILING = ".,;:?"  # "\boxed 5, so" ends a clause, not the answer
 _ANCHOR_RE = re.compile(
     r"\banswer\s+is\b\s*:?|\banswer\s*:|\banswer\s*(?=\$|\\[\[(])|####(?=[ \t]*[-+$\\\d.(])", re.I
 )
-# Where plain words start after a stated number; scale words are part of the number.
+# Where plain words start after a stated number ("18 (he saves 2)" too); scale words are part of
+# the number.
 _TRAILING_WORDS_RE = re.compile(
-    r"[\s,;]+(?!(?:thousand|million|billion|trillion|percent)\b)[A-Za-z]{2,}\b", re.I
+    r"[\s,;]+\(?(?!(?:thousand|million|billion|trillion|percent)\b)[A-Za-z]{2,}\b", re.I
 )
 _PHRASE_START_RE = re.compile(r"[A-Za-z]{2,}\b")  # "The largest $n$ is 34", not "5 and ... is 2"
-_DOLLAR_MATH_RE = re.compile(r"\$+([^$]+)\$+")
+# $…$ math; an escaped dollar (`$\$5$`, money in LaTeX) is content, not a delimiter.
+_DOLLAR_MATH_RE = re.compile(r"(?<!\\)\$+((?:\\.|[^$\\])+)\$+")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
-_INLINE_MATH_RE = re.compile(r"\$+[^$]*\$+|\\\(.*?\\\)")
+_INLINE_MATH_RE = re.compile(r"(?<!\\)\$+(?:\\.|[^$\\])*\$+|\\\(.*?\\\)")
 # "The largest $n$ is 34": the answer follows the sentence's last "is" outside math.
 _IS_RE = re.compile(r"\b(?:is|are)\b\s*:?", re.I)
 # What may separate boxes of one answer: math delimiters, punctuation, "and" / "or", and the
@@ -143,6 +145,8 @@ def _clean_stated(raw: str) -> str:
     opening = raw.find("\\(")
     closing = raw.find("\\)", opening + 2) if opening >= 0 else -1
     dollar = _DOLLAR_MATH_RE.search(raw)
+    if dollar and _currency(dollar.group(1)):
+        dollar = None  # "$18. So he pays $18": two prices, not one formula
     if dollar and (closing < 0 or dollar.start() < opening):
         return dollar.group(1).strip()
     if closing >= 0:
@@ -151,6 +155,12 @@ def _clean_stated(raw: str) -> str:
     sentence = raw[: end.start()] if end else raw
     word = _TRAILING_WORDS_RE.search(sentence)
     return strip_math_delimiters(sentence[: word.start()] if word else sentence).rstrip(",;")
+
+
+def _currency(span: str) -> bool:
+    """Whether the text between two `$` is prose between two prices: it starts with a number
+    and ends with a space ("$18 per day, i.e. $126"), where a formula ends with its last term."""
+    return span[:1].isdigit() and span[-1:].isspace()
 
 
 def _after_last_is(raw: str) -> int:
