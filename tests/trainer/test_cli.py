@@ -27,6 +27,20 @@ def _write(document: dict, path: Path) -> Path:
         ("teacher.model=Qwen/Qwen2.5-7B", ["spec", "teacher", "model"], "Qwen/Qwen2.5-7B"),
         ("metadata.name=other", ["metadata", "name"], "other"),
         ("spec.data.val=", ["spec", "data", "val"], ""),
+        ("teacher=null", ["spec", "teacher"], None),
+        (
+            "student.lora.targetModules=[q_proj, v_proj]",
+            ["spec", "student", "lora", "targetModules"],
+            ["q_proj", "v_proj"],
+        ),
+        # YAML 1.2, not PyYAML's 1.1: no octal, no base 60, no yes/no booleans, exponents
+        # without a dot are numbers.
+        ("training.totalSteps=010", ["spec", "training", "totalSteps"], 10),
+        ("training.seed=1:30", ["spec", "training", "seed"], "1:30"),
+        ("metadata.name=no", ["metadata", "name"], "no"),
+        ("training.learningRate=1e-3", ["spec", "training", "learningRate"], 1e-3),
+        ("algorithm.klPenaltyCoef=-.5", ["spec", "algorithm", "klPenaltyCoef"], -0.5),
+        ("resources.actor.memory=16Gi", ["spec", "resources", "actor", "memory"], "16Gi"),
     ],
 )
 def test_parse_override(text: str, keys: list[str], value: object) -> None:
@@ -43,6 +57,9 @@ def test_override_errors() -> None:
         apply_override(document, ["spec", "training", "batchSize"], 8)
     apply_override(document, ["spec", "rollout", "topP"], 0.9)
     assert document["spec"]["rollout"] == {"topP": 0.9}
+    document["spec"]["teacher"] = None  # `teacher:` left empty in the file
+    apply_override(document, ["spec", "teacher", "model"], "Qwen/Qwen2.5-7B")
+    assert document["spec"]["teacher"] == {"model": "Qwen/Qwen2.5-7B"}
 
 
 def test_bad_fields_are_listed_one_per_line(make_document, tmp_path: Path, capsys) -> None:

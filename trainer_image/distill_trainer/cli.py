@@ -6,8 +6,9 @@
 
 The file is the same DistillJob YAML a user would `kubectl apply` (JSON works too). `--set` paths
 are camelCase, relative to `spec` unless they start with spec/metadata/apiVersion/kind; values are
-parsed as YAML scalars. Overrides are applied before validation, so a bad value is reported like a
-bad field in the file: one line per error naming the field, exit code 2.
+parsed as YAML (1.2's core schema: `010` is ten, `no` and `1:30` are strings). Overrides are
+applied before validation, so a bad value is reported like a bad field in the file: one line per
+error naming the field, exit code 2.
 
 A run continues from the job's newest committed checkpoint under its checkpoint URI when there is
 one; `--resume-from` names a checkpoint (`<uri>/global_step_<N>`) instead, and `--force-resume`
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,33 @@ log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 _ROOT_KEYS = ("spec", "metadata", "apiVersion", "kind")
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    """PyYAML with YAML 1.2's core-schema scalars. PyYAML reads YAML 1.1, where `010` is eight,
+    `1:30` is ninety and `no` is False: a value typed after `--set` would silently change."""
+
+
+_YAML11_SCALARS = {f"tag:yaml.org,2002:{kind}" for kind in ("bool", "int", "float")}
+_OverrideLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_SCALARS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^[-+]?[0-9]+$", "-+0123456789"),
+    (
+        "float",
+        r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"
+        r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$",
+        "-+0123456789.",
+    ),
+):
+    _OverrideLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), _first)
+# Decimal only: SafeLoader's constructor would read the leading zero of `010` as octal again.
+_OverrideLoader.add_constructor(
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node))
+)
 
 
 class InputError(Exception):
@@ -52,17 +81,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if keys[0] not in _ROOT_KEYS:
         keys = ["spec", *keys]
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_OverrideLoader) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise InputError(f"--set {text!r}: value is not a YAML scalar ({err})") from None
     return keys, value
 
 
 def apply_override(document: dict[str, Any], keys: list[str], value: Any) -> None:
-    """Set document[k0][k1]…= value, creating missing mappings on the way."""
+    """Set document[k0][k1]…= value, creating missing (or null: `teacher:`) mappings on the way."""
     node = document
     for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
+        if node.get(key) is None:
+            node[key] = {}
+        child = node[key]
         if not isinstance(child, dict):
             where = ".".join(keys[: depth + 1])
             raise InputError(f"--set {'.'.join(keys)}: {where} is not a mapping")
