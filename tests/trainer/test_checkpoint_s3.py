@@ -82,6 +82,8 @@ def test_store_round_trip_with_multipart_upload(s3_env, tmp_path: Path) -> None:
         "config.json": 2,
         "manifest.json": 11,
     }
+    # The AWS console's "Create folder" leaves an empty `actor/` object: a marker, not a file.
+    store.client.put_object(Bucket=BUCKET, Key="unit/global_step_1/actor/", Body=b"")
     with readable_dir(store, "global_step_1") as local:
         assert (local / "actor" / "model.safetensors").read_bytes() == big
     assert store.read_bytes("global_step_1/manifest.json") == b'{"step": 1}'

@@ -285,16 +285,22 @@ class S3Store:
         ]
         return sorted(names)
 
+    def _objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        for page in self._pages(f"{self._key(prefix)}/"):
+            yield from page.get("Contents", [])
+
     def list_files(self, prefix: str) -> dict[str, int]:
-        base = f"{self._key(prefix)}/"
+        start = len(self._key(prefix)) + 1
         return {
-            item["Key"][len(base) :]: int(item["Size"])
-            for page in self._pages(base)
-            for item in page.get("Contents", [])
+            item["Key"][start:]: int(item["Size"])
+            for item in self._objects(prefix)
+            # "Create folder" in the AWS console (and Hadoop's S3A) leaves a `dir/` object: a
+            # directory marker, not a file to download.
+            if not item["Key"].endswith("/")
         }
 
     def delete(self, prefix: str) -> None:
-        keys = [join_uri(self._key(prefix), name) for name in self.list_files(prefix)]
+        keys = [item["Key"] for item in self._objects(prefix)]  # the markers go too
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             with self._errors("delete", prefix):
@@ -323,7 +329,7 @@ class S3Store:
         except ClientError as err:
             raise CheckpointStoreError(
                 f"checkpoint.uri {self.uri}: cannot {action} {self.uri_of(key)} in {where}: "
-                f"{_explain(err)}"
+                f"{_explain(err, names_an_object=bool(key))}"
             ) from None
         except BotoCoreError as err:
             raise CheckpointStoreError(
@@ -331,12 +337,16 @@ class S3Store:
             ) from None
 
 
-def _explain(err: Any) -> str:
+def _explain(err: Any, names_an_object: bool = False) -> str:
     error = err.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in ("NoSuchBucket", "404") and "Key" not in error:
+    # A HEAD answers a bare 404 with no body: of the bucket, the bucket is missing; of an
+    # object, the object (S3 names a missing bucket NoSuchBucket whenever it can).
+    if code == "NoSuchBucket" or (code == "404" and not names_an_object):
         return "the bucket does not exist"
+    if code in ("NoSuchKey", "404"):
+        return "no such object"
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or (
         status == 403
     ):
