@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -103,11 +104,16 @@ def test_checkpoint_holds_the_adapters_and_the_export_a_merged_model(lora_run) -
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
     assert not (final / "adapter" / "model.safetensors").exists()
     merged = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    # The adapter on the untouched student is the trained student too (with gradient
+    # checkpointing on, the spec's default, peft's own save used to write no tensor at all).
+    assert run.spec.training.gradient_checkpointing
+    base = AutoModelForCausalLM.from_pretrained(run.spec.student.model, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, final / "adapter").eval()
     ids = torch.tensor([run.train[0].token_ids])
     with torch.no_grad():
-        torch.testing.assert_close(
-            merged(input_ids=ids).logits, actor.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
-        )
+        trained = actor.model(input_ids=ids).logits
+        torch.testing.assert_close(merged(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(adapted(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
 
 
 def test_merge_refuses_an_incomplete_adapter() -> None:

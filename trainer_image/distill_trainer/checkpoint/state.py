@@ -129,6 +129,19 @@ def export_pretrained(uri: str, model: Any, model_state: dict[str, Any], tokeniz
         tokenizer.save_pretrained(local)
 
 
+def export_adapter(uri: str, config: Any, tensors: dict[str, Any], tokenizer: Any) -> None:
+    """A LoRA adapter in peft's format at `uri` (adapter_config.json, adapter_model.safetensors,
+    the tokenizer): what `PeftModel.from_pretrained(base, uri)` loads. Rank 0 writes."""
+    if not is_writer():
+        return
+    store = open_store(uri, check=False)
+    store.delete("")
+    with writable_dir(store, "") as local:
+        config.save_pretrained(local)
+        save_file(tensors, local / "adapter_model.safetensors", metadata={"format": "pt"})
+        tokenizer.save_pretrained(local)
+
+
 def capture_torch_rng() -> dict[str, Any]:
     """This process's torch generators (CPU, and every CUDA device it sees)."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []

@@ -17,7 +17,7 @@ from torch import Tensor
 from distill_api.v1alpha1 import LoraConfig
 
 _PEFT_PREFIX = "base_model.model."
-_ADAPTER = "default"
+ADAPTER = "default"  # peft's name of the one adapter
 
 
 def apply_lora(model: Any, lora: LoraConfig) -> Any:
@@ -79,6 +79,20 @@ def merged_named_tensors(
             yield f"{prefix}.weight", (layer["W"].float() + delta).to(layer["W"].dtype)
     if pending:
         raise ValueError(f"incomplete LoRA layers (no base weight, A or B): {sorted(pending)}")
+
+
+def adapter_tensors(named: Iterable[tuple[str, Tensor]]) -> dict[str, Tensor]:
+    """The adapters of a peft model's full (name, tensor) pairs, named as peft's
+    adapter_model.safetensors names them (the adapter's name dropped: `lora_A.weight`).
+
+    By name, not through peft's save_pretrained: peft matches the state dict's names against
+    the model's modules, which activation checkpointing renames (`_checkpoint_wrapped_module`),
+    and then saves no tensor at all."""
+    return {
+        name.replace(f".{ADAPTER}.", "."): tensor.contiguous()
+        for name, tensor in named
+        if is_adapter(name)
+    }
 
 
 def is_adapter(name: str) -> bool:

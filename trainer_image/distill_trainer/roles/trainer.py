@@ -52,6 +52,7 @@ from distill_trainer.batch import (
 )
 from distill_trainer.checkpoint.state import (
     capture_torch_rng,
+    export_adapter,
     export_pretrained,
     read_role_state,
     restore_torch_rng,
@@ -61,6 +62,8 @@ from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleC
 from distill_trainer.roles import fsdp
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed, without_aliases
 from distill_trainer.roles.lora import (
+    ADAPTER,
+    adapter_tensors,
     apply_lora,
     has_dropout,
     lora_scaling,
@@ -422,7 +425,9 @@ class HFActor:
             return
         merged = dict(merged_named_tensors(full.items(), lora_scaling(self.cfg.lora)))
         export_pretrained(uri, self.model.get_base_model(), merged, self.tokenizer)
-        export_pretrained(f"{uri.rstrip('/')}/adapter", self.model, full, self.tokenizer)
+        config = self.model.peft_config[ADAPTER]
+        adapter = f"{uri.rstrip('/')}/adapter"
+        export_adapter(adapter, config, adapter_tensors(full.items()), self.tokenizer)
 
 
 class HFCritic:
