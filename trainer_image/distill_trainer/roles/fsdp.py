@@ -135,12 +135,28 @@ def full_tensor(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def full_named_tensors(model: nn.Module, dtype: torch.dtype | None) -> Iterator[tuple[str, Tensor]]:
+def unaliased_state(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """State-dict entries (FSDP shards as DTensors), each parameter once: a tied lm_head is the
+    embedding's own parameter, so it is skipped before any gather, on every rank alike (after a
+    gather or a cast the two no longer share memory, and nothing could tell them apart)."""
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        yield name, tensor
+
+
+def full_named_tensors(
+    model: nn.Module, dtype: torch.dtype | None, aliases: bool = True
+) -> Iterator[tuple[str, Tensor]]:
     """(name, full tensor on CPU) for each state-dict entry, on rank 0; nothing elsewhere.
+    `aliases=False`: a tied weight once (what the rollout engines take; they tie it again).
 
     Every rank must drain the iterator: each tensor is gathered by a collective.
     """
-    for name, tensor in model.state_dict().items():
+    entries = model.state_dict().items() if aliases else unaliased_state(model)
+    for name, tensor in entries:
         full = full_tensor(tensor.detach())
         if rank() == 0:
             yield name, full.to("cpu", dtype=dtype if full.is_floating_point() else None)

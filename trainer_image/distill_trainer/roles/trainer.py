@@ -60,7 +60,7 @@ from distill_trainer.checkpoint.state import (
 )
 from distill_trainer.config import ActorConfig, CriticConfig, OptimConfig, RoleConfig
 from distill_trainer.roles import fsdp
-from distill_trainer.roles.base import LogprobOutput, Weights, bucketed, without_aliases
+from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
 from distill_trainer.roles.lora import (
     ADAPTER,
     adapter_tensors,
@@ -377,7 +377,7 @@ class HFActor:
     def named_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
         """The student's full weights under the base model's names, LoRA adapters merged in: on
         rank 0 (the other ranks yield nothing, but must drain it: each tensor is gathered)."""
-        named = fsdp.full_named_tensors(self.model, dtype)
+        named = fsdp.full_named_tensors(self.model, dtype, aliases=False)
         if self.cfg.lora is None:
             return named
         return merged_named_tensors(named, lora_scaling(self.cfg.lora))
@@ -386,7 +386,7 @@ class HFActor:
         """The full weights gathered from the shards, tensor by tensor, in the engines' compute
         dtype (bf16 on GPU), tied aliases dropped (engines tie them again), in buckets; on ranks
         other than 0 the buckets are empty (rank 0's payload is the one)."""
-        named = without_aliases(self.named_weights(compute_dtype(self.cfg.device)))
+        named = self.named_weights(compute_dtype(self.cfg.device))
         return Weights(version=self.trainer.updates, buckets=bucketed(named))
 
     def init_weight_transfer(self, engines: list[Any]) -> None:

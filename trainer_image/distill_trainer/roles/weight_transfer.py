@@ -76,17 +76,6 @@ def separate_gpu_workers(cluster_resources: dict[str, float], actor_gpus: int) -
     return on_cluster and actor_gpus > 0
 
 
-def _unaliased(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """State-dict entries (FSDP shards as DTensors), each parameter once: a tied lm_head is the
-    embedding's own parameter, so it is skipped before any gather, on every rank alike."""
-    seen: set[int] = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        yield name, tensor
-
-
 def _wire_dtype(tensor: Tensor, dtype: torch.dtype) -> torch.dtype:
     return dtype if tensor.is_floating_point() else tensor.dtype
 
@@ -123,7 +112,7 @@ class ActorWeightSource:
         if self._metadata is None:
             shapes = (
                 (name, torch.empty(t.shape, dtype=_wire_dtype(t, self.dtype), device="meta"))
-                for name, t in _unaliased(self.model)
+                for name, t in fsdp.unaliased_state(self.model)
             )
             self._metadata = [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self.merge(shapes)]
         return self._metadata
@@ -132,7 +121,7 @@ class ActorWeightSource:
         return self.merge(self._gathered())
 
     def _gathered(self) -> Iterator[tuple[str, Tensor]]:
-        for name, tensor in _unaliased(self.model):
+        for name, tensor in fsdp.unaliased_state(self.model):
             full = fsdp.full_tensor(tensor.detach())  # a collective: every rank runs it
             if fsdp.rank() == 0:
                 yield name, full.to(self.device, dtype=_wire_dtype(full, self.dtype))
