@@ -108,7 +108,8 @@ def child_deleted(
 ) -> None:
     """Someone deleted an object a live DistillJob owns: create it again, and say so.
 
-    A RayJob comes back resuming from status.lastCheckpoint; a finished job's RayJob stays gone.
+    A RayJob comes back resuming from the job's newest checkpoint; a finished job's RayJob stays
+    gone.
     """
     if type != "DELETED":
         return
@@ -128,7 +129,7 @@ def child_deleted(
     if any(c.startswith("RayJob ") for c in created):
         last = job.status.last_checkpoint if job.status else None
         resumed = (
-            f"; training resumes from {last.uri}"
+            f"; training resumes from its newest checkpoint (last recorded: {last.uri})"
             if last
             else "; no checkpoint recorded: training starts again from step 0"
         )

@@ -207,7 +207,8 @@ def test_suspended_job_whose_rayjob_is_deleted_resumes_from_its_checkpoint(
     cluster, trainer_metrics
 ) -> None:
     """Kueue preempts by suspending; KubeRay then deletes the cluster, and the RayJob may go
-    too. Whatever is deleted comes back, and the new RayJob continues from the checkpoint."""
+    too. Whatever is deleted comes back, and the new RayJob continues from the newest
+    checkpoint (the trainer finds it; the command stays the same)."""
     cluster.new_job("preempted")
     first = cluster.child("RayJob", "preempted")
     assert "--resume-from" not in first["spec"]["entrypoint"]
@@ -228,10 +229,8 @@ def test_suspended_job_whose_rayjob_is_deleted_resumes_from_its_checkpoint(
         return None if same else rayjob
 
     rayjob = cluster.kube.wait_for(recreated)
+    assert rayjob["spec"]["entrypoint"] == first["spec"]["entrypoint"]
     checkpoint = "s3://distill-checkpoints/math-distill/global_step_200/"
-    assert (
-        rayjob["spec"]["entrypoint"] == f"{first['spec']['entrypoint']} --resume-from {checkpoint}"
-    )
     assert rayjob["spec"]["suspend"] is True  # still suspended, as the DistillJob says
     grader = cluster.kube.wait_for(lambda: cluster.child("Deployment", "preempted-grader"))
     assert grader["spec"]["replicas"] == 0
@@ -256,7 +255,8 @@ def test_suspended_job_whose_rayjob_is_deleted_resumes_from_its_checkpoint(
     cluster.kube.wait_for(
         lambda: cluster.child("RayJob", "preempted")["spec"].get("suspend") is False
     )
-    assert cluster.child("RayJob", "preempted")["spec"]["entrypoint"].endswith(checkpoint)
+    # Unsuspended, KubeRay runs that same command: no checkpoint fixed in it can go stale.
+    assert "--resume-from" not in cluster.child("RayJob", "preempted")["spec"]["entrypoint"]
 
 
 def test_finished_job_never_runs_again(cluster, example_body) -> None:

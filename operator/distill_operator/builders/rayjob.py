@@ -14,14 +14,16 @@ Kueue (spec.queueName): the RayJob carries the queue-name label and no `suspend`
 suspends it on creation and Kueue unsuspends it on admission (and suspends it again to preempt).
 
 A RayJob created again for a job that already checkpointed (deleted by someone, or after a
-preemption) resumes from status.lastCheckpoint: `--resume-from <uri>` on the trainer's command.
+preemption) resumes where the job stands: the trainer finds the newest committed checkpoint under
+checkpoint.uri itself. The command names none: KubeRay runs the same entrypoint again after every
+suspension and re-admission, so a `--resume-from` written at creation would go stale, and the
+trainer would then fail on a pruned checkpoint or delete the newer ones as an abandoned history.
 The Ray cluster requires a token for its dashboard and GCS (KubeRay's authOptions, Ray >= 2.52);
 KubeRay hands the token to the head, workers and the submitter.
 """
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from distill_api import DistillJob
@@ -70,14 +72,6 @@ _HEAD_PORTS = [("gcs-server", 6379), ("dashboard", DASHBOARD_PORT), ("client", 1
 CHECKPOINT_VOLUME = "checkpoints"
 # Roles that write checkpoints or the final model (the driver on the head, the actor and critic).
 _CHECKPOINT_WRITERS = {"head", "actor", "critic"}
-
-
-def entrypoint(job: DistillJob) -> str:
-    """The trainer's command; from the recorded checkpoint when there is one."""
-    last = job.status.last_checkpoint if job.status is not None else None
-    if last is None or job.spec.checkpoint is None:
-        return ENTRYPOINT
-    return f"{ENTRYPOINT} --resume-from {shlex.quote(last.uri)}"
 
 
 def role_groups(job: DistillJob) -> dict[str, WorkerGroup]:
@@ -236,7 +230,7 @@ def build_rayjob(job: DistillJob, options: BuildOptions = DEFAULT_OPTIONS) -> di
         labels[KUEUE_PRIORITY_LABEL] = job.spec.workload_priority_class
     groups = role_groups(job).items()
     spec: dict[str, Any] = {
-        "entrypoint": entrypoint(job),
+        "entrypoint": ENTRYPOINT,
         "submissionMode": "K8sJobMode",
         # Also what `suspend` needs, and what Kueue's webhook requires.
         "shutdownAfterJobFinishes": True,
