@@ -115,21 +115,30 @@ class Kube:
             raise
 
     def ensure(
-        self, obj: dict[str, Any], owner_uid: str, patch: dict[str, Any] | None = None
+        self,
+        obj: dict[str, Any],
+        owner_uid: str,
+        patch: dict[str, Any] | None = None,
+        create: bool = True,
     ) -> str:
         """Create `obj`, or merge-patch the existing one with `patch` (default: `obj` itself).
 
         Returns "created" or "patched"; the same manifest patches to a no-op, so it is safe to
         repeat. An existing object controlled by another owner uid raises OwnedByAnother.
+        `create=False`: only an existing object is patched ("absent" when there is none).
         """
-        try:
-            self.create(obj)
-            return "created"
-        except ApiException as error:
-            if error.status != 409:
-                raise
         version, kind, meta = obj["apiVersion"], obj["kind"], obj["metadata"]
-        existing = self.get(version, kind, meta["namespace"], meta["name"]) or {}
+        if create:
+            try:
+                self.create(obj)
+                return "created"
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        existing = self.get(version, kind, meta["namespace"], meta["name"])
+        if existing is None and not create:
+            return "absent"
+        existing = existing or {}
         owners = existing.get("metadata", {}).get("ownerReferences") or []
         if not any(ref.get("controller") and ref.get("uid") == owner_uid for ref in owners):
             raise OwnedByAnother(

@@ -115,18 +115,21 @@ def ensure_children(
     """Create every owned object, or bring it back to the built manifest; the created ones.
 
     An existing RayJob only gets its mutable fields patched: KubeRay owns the running cluster
-    and rejects most changes to it. A finished job's RayJob is left alone, even when it is gone:
-    creating it again would run the whole training again.
+    and rejects most changes to it. A finished job's RayJob is never created again, even when it
+    is gone (that would run the whole training again); while it exists its TTL still follows the
+    spec (KubeRay counts it from the job's end at every reconcile: a shorter one frees the
+    finished cluster's GPUs now, a longer one keeps it for a look).
     """
     owner_uid = (job.metadata.model_extra or {})["uid"]
     finished = has_finished(job)
     created = []
     for obj in build_children(job, options):
-        if obj["kind"] == "RayJob" and finished:
-            continue
+        ran = obj["kind"] == "RayJob" and finished
         update = update_patch(job, obj)
+        if ran:
+            update = {"spec": {"ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished}}
         try:
-            outcome = kube.ensure(obj, owner_uid, update)
+            outcome = kube.ensure(obj, owner_uid, update, create=not ran)
         except OwnedByAnother as error:
             # A namesake from a deleted DistillJob that the garbage collector has not removed yet.
             raise kopf.TemporaryError(str(error), delay=5) from error

@@ -267,11 +267,16 @@ def test_finished_job_never_runs_again(cluster, example_body) -> None:
     assert cluster.wait_event("done", "ResultsNotKept")["type"] == "Warning"
     cluster.kuberay_reports("done", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
     cluster.wait_phase("done", "Succeeded")
+    # The finished cluster's TTL still follows the spec: 0 frees its GPUs now.
+    cluster.patch_spec("done", {"ttlSecondsAfterFinished": 0})
+    cluster.wait_job("done", lambda s: s.get("observedGeneration") == 2)
+    assert cluster.child("RayJob", "done")["spec"]["ttlSecondsAfterFinished"] == 0
+    assert cluster.child("RayJob", "done")["spec"].get("suspend") is not True
     cluster.delete_child("RayJob", "done")
     # A spec edit re-applies every child, and a deleted Service is restored: both run the same
     # reconciliation, which must leave the finished job's RayJob deleted.
     cluster.patch_spec("done", {"grader": {"replicas": 3}})
-    cluster.wait_job("done", lambda s: s.get("observedGeneration") == 2)
+    cluster.wait_job("done", lambda s: s.get("observedGeneration") == 3)
     cluster.delete_child("Service", "done-trainer")
     cluster.kube.wait_for(lambda: cluster.child("Service", "done-trainer"))
     assert cluster.child("RayJob", "done") is None
