@@ -64,11 +64,13 @@ def _finished(status: Mapping[str, Any]) -> PhaseReport:
     deployment = status.get("jobDeploymentStatus") or ""
     ray_status = status.get("jobStatus") or ""
     message, end_time = status.get("message") or "", status.get("endTime")
+    started = status.get("startTime")
     if deployment == "Complete" and ray_status == "SUCCEEDED":
-        return PhaseReport(JobPhase.SUCCEEDED, "TrainingSucceeded", message, end_time)
+        return PhaseReport(JobPhase.SUCCEEDED, "TrainingSucceeded", message, end_time, started)
     fallback = f"RayJob{ray_status.title() if deployment == 'Complete' else deployment}"
     reason = as_reason(status.get("reason") or fallback)
-    return PhaseReport(JobPhase.FAILED, reason, message or "the Ray job failed", end_time)
+    message = message or "the Ray job failed"
+    return PhaseReport(JobPhase.FAILED, reason, message, end_time, started)
 
 
 def phase_of(rayjob: Mapping[str, Any]) -> PhaseReport:
@@ -162,6 +164,8 @@ def phase_status(
     if report.phase in FINISHED_PHASES and not previous.get("completionTime"):
         # KubeRay's end time where it has one: right even when the operator was down then.
         status["completionTime"] = report.end_time or format_time(now)
+        if report.start_time and not previous.get("startTime"):  # it never saw Running
+            status["startTime"] = report.start_time
     return status
 
 

@@ -152,6 +152,20 @@ def test_completion_time_is_kuberays_end_time_when_known() -> None:
     assert status["completionTime"] == "2025-03-01T11:58:00Z"  # not T2, when it was noticed
 
 
+def test_a_run_the_operator_never_saw_running_gets_kuberays_start_time() -> None:
+    # Started and finished while the operator was down: KubeRay's report has both times.
+    finished = rayjob(
+        "Complete", "SUCCEEDED", startTime="2025-03-01T11:00:00Z", endTime="2025-03-01T11:58:00Z"
+    )
+    status = phase_status(phase_of(finished), {"phase": "Pending"}, T2, 1)
+    assert (status["startTime"], status["completionTime"]) == (
+        "2025-03-01T11:00:00Z",
+        "2025-03-01T11:58:00Z",
+    )
+    failed = rayjob("Failed", "FAILED", startTime="2025-03-01T11:00:00Z")
+    assert phase_status(phase_of(failed), {}, T2, 1)["startTime"] == "2025-03-01T11:00:00Z"
+
+
 def test_start_time_is_kuberays_when_known() -> None:
     started = rayjob("Running", "RUNNING", startTime="2025-03-01T11:50:00Z")
     assert phase_status(phase_of(started), {}, T2, 1)["startTime"] == "2025-03-01T11:50:00Z"
