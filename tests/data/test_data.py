@@ -168,6 +168,13 @@ def test_bad_values_are_named_with_their_row(
         data.read_dataset(str(path))
 
 
+def test_a_list_of_answers_as_ground_truth_is_refused(tmp_path: Path) -> None:
+    row = {**_good_row(), "reward_model": {"style": "rule", "ground_truth": ["5", "five"]}}
+    path = data.write_rows([row], tmp_path / "lists.parquet")
+    with pytest.raises(ValueError, match="row 0: column 'reward_model' has a ground_truth of type"):
+        data.read_dataset(str(path))
+
+
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.parquet"):
         data.read_dataset(str(tmp_path / "nope.parquet"))

@@ -118,6 +118,12 @@ def row_to_record(row: dict[str, Any], uri: str = "<rows>", index: int = 0) -> P
     reward_model = row.get("reward_model")
     if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
         raise ValueError(f"{where}: column 'reward_model' lacks 'ground_truth'")
+    truth = reward_model["ground_truth"]
+    if isinstance(truth, bool) or not isinstance(truth, str | int | float):
+        raise ValueError(  # str() of a list would be an answer nothing can equal
+            f"{where}: column 'reward_model' has a ground_truth of type {type(truth).__name__}: "
+            "it must be one answer, a string or a number"
+        )
     data_source = row.get("data_source")
     if not isinstance(data_source, str) or not 0 < len(data_source) <= MAX_SOURCE_CHARS:
         raise ValueError(  # the grader takes at most MAX_SOURCE_CHARS: refused here, not mid-run
