@@ -15,7 +15,13 @@ from distill_trainer.config import RoleConfig
 from distill_trainer.data import PromptRecord, make_row, write_rows
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, prompt_batches
 from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
-from distill_trainer.roles.group import merge_results, replica_config, split_rows
+from distill_trainer.roles.group import (
+    Placement,
+    engine_placement,
+    merge_results,
+    replica_config,
+    split_rows,
+)
 from distill_trainer.roles.models import load_tokenizer
 from distill_trainer.roles.rollout_hf import truncated_rows
 from distill_trainer.setup import load_prompts
@@ -123,3 +129,22 @@ def test_bucketed_caps_bucket_bytes_and_keeps_order() -> None:
     assert [list(b) for b in weights.buckets] == [["w0", "w1"], ["w2"], ["w3"]]
     assert [name for name, _ in weights.items()] == ["w0", "w1", "w2", "w3"]
     assert weights.nbytes == 4 * (3 + 2 + 9 + 1)
+
+
+@pytest.mark.parametrize(
+    ("pods", "gpus", "tensor_parallel", "engines", "gpus_each", "unit_each"),
+    [
+        (2, 2, 2, 2, 2.0, 1.0),  # the seed's: one TP-2 engine per pod
+        (2, 4, 2, 4, 2.0, 0.5),  # two TP-2 engines per pod: no GPU left idle
+        (1, 8, 1, 8, 1.0, 0.125),
+        (3, 0, 2, 3, 0.0, 1.0),  # CPU pods: one engine each
+    ],
+)
+def test_rollout_engines_fill_their_pods(
+    pods: int, gpus: int, tensor_parallel: int, engines: int, gpus_each: float, unit_each: float
+) -> None:
+    placement = engine_placement("rollout", pods, gpus, tensor_parallel)
+    assert placement == Placement(engines, gpus_each, {"rollout": unit_each})
+    # Together they take exactly what the pods advertise: every GPU, every unit.
+    assert placement.replicas * placement.num_gpus == pods * gpus
+    assert placement.replicas * unit_each == pytest.approx(pods)

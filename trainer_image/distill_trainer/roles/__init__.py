@@ -223,7 +223,8 @@ def _placement(name: str, cfg: Any, spec: DistillJobSpec, n_roles: int) -> Place
     # Local Ray runs on this machine, so the driver can resolve "auto" for it.
     device = resolve_device(cfg.device)
     if name == "rollout":
-        return placement_for(name, replicas, gpus, device, n_roles)
+        tensor_parallel = group.tensor_parallel_size if group else 1
+        return placement_for(name, replicas, gpus, device, n_roles, tensor_parallel)
     # The actor, critic and teacher: one FSDP2 process group of replicas × gpusPerReplica ranks.
     return training_placement(name, replicas, gpus, device, n_roles)
 

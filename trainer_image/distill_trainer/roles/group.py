@@ -35,9 +35,10 @@ Calls are dispatched by kind:
 Replica r gets the role's config with seed + r, so sampling replicas draw different streams.
 
 On a KubeRay cluster each worker group advertises a custom resource named after its role
-(`rollout`, `actor`, `teacher`, `critic`), one unit per pod: a rollout replica asks for one unit
-and the pod's GPUs, a training rank for one GPU and 1/gpusPerReplica of a unit, so the ranks
-fill the group's pods exactly. Locally no such resource exists: rollout replicas ask for nothing
+(`rollout`, `actor`, `teacher`, `critic`), one unit per pod: a rollout engine asks for
+tensorParallelSize GPUs and its share of a unit (gpusPerReplica / tensorParallelSize engines a
+pod), a training rank for one GPU and 1/gpusPerReplica of a unit, so both fill their pods
+exactly. Locally no such resource exists: rollout replicas ask for nothing
 (a share of the GPU on CUDA); a training role gets replicas × max(gpusPerReplica, 1) ranks on
 CPU and one rank on a local GPU (every role shares it, and nccl allows one rank per device).
 """
@@ -100,13 +101,26 @@ def init_ray(num_cpus: int | None) -> bool:
 
 
 def placement_for(
-    role: str, replicas: int, gpus_per_replica: int, device: str, local_roles: int
+    role: str,
+    replicas: int,
+    gpus_per_replica: int,
+    device: str,
+    local_roles: int,
+    tensor_parallel: int = 1,
 ) -> Placement:
-    """Cluster: one unit of the role's resource plus its GPUs; local: a share of the GPU."""
+    """Cluster: `engine_placement`; local: one engine, with a share of the GPU."""
     if ray.cluster_resources().get(role, 0) > 0:
-        return Placement(replicas, float(gpus_per_replica), {role: 1.0})
+        return engine_placement(role, replicas, gpus_per_replica, tensor_parallel)
     share = 1.0 / local_roles if device == "cuda" else 0.0
     return Placement(1, share, {})
+
+
+def engine_placement(role: str, pods: int, gpus_per_pod: int, tensor_parallel: int) -> Placement:
+    """Rollout engines on a cluster: gpusPerReplica / tensorParallelSize engines per pod (the CRD
+    requires a multiple), each with its tensor-parallel GPUs and an equal share of the pod's
+    unit of the role resource, so they fill the pods exactly; a CPU pod runs one engine."""
+    engines = max(gpus_per_pod // max(tensor_parallel, 1), 1)
+    return Placement(pods * engines, gpus_per_pod / engines, {role: 1.0 / engines})
 
 
 def training_placement(
