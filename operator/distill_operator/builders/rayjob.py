@@ -54,7 +54,9 @@ from distill_operator.builders.pods import (
 )
 from distill_operator.builders.trainer_service import TRAINER_METRICS_PORT, TRAINER_PORT_NAME
 
-RAY_VERSION = "2.60.0"  # the ray pin in requirements/lock.txt, which the trainer image installs
+# The ray pin in requirements/lock.txt (`make install`). The trainer image keeps the ray its vLLM
+# base image was released with (trainer_image/Dockerfile), which may differ.
+RAY_VERSION = "2.60.0"
 OUTPUT_DIR = "/tmp/distill"
 ENTRYPOINT = (
     f"python -m distill_trainer run {JOB_FILE_PATH} --backend ray "
