@@ -142,8 +142,15 @@ run_job() {
     || fail "no RayJob for $name"
 
   log "Ray head pod admitted under 'restricted' and running (read-only root filesystem)"
-  "$KUBECTL" -n "$NS" wait pod --for=condition=Ready --timeout="${TIMEOUT}s" \
-    -l "distill.dev/job=$name,distill.dev/component=trainer" \
+  local head="distill.dev/job=$name,distill.dev/component=trainer"
+  # `kubectl wait -l` fails at once while no pod matches, and KubeRay creates the head a moment
+  # after the RayJob.
+  deadline=$((SECONDS + TIMEOUT))
+  until [ -n "$("$KUBECTL" -n "$NS" get pod -l "$head" -o name)" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "KubeRay created no Ray head pod within ${TIMEOUT}s"
+    sleep 2
+  done
+  "$KUBECTL" -n "$NS" wait pod --for=condition=Ready --timeout="${TIMEOUT}s" -l "$head" \
     || fail "the Ray head pod did not become Ready"
 
   log "waiting for phase $EXPECT (up to ${TIMEOUT}s)"

@@ -14,7 +14,7 @@ exactly as the pod template it ends up in.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -208,7 +208,17 @@ def render_crd() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    paths = (argv if argv is not None else sys.argv[1:]) or [f"crds/{CRD_NAME}.yaml"]
+    parser = argparse.ArgumentParser(
+        prog="python -m distill_api.crd",
+        description="Write the DistillJob CRD generated from the API model.",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        default=[f"crds/{CRD_NAME}.yaml"],
+        help="files to write (default: %(default)s)",
+    )
+    paths = parser.parse_args(argv).paths
     text = render_crd()
     for path in paths:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ app.kubernetes.io/part-of: distill-operator
 {{- define "distill-operator.rules" -}}
 {{- $rules := .Files.Get "files/rbac-rules.yaml" | fromYaml }}
 {{- if not $rules.namespaced }}
-{{- fail "files/rbac-rules.yaml is missing or empty: run `make chart-assets`" }}
+{{- fail "files/rbac-rules.yaml is missing or empty: run `make crds`" }}
 {{- end }}
 {{- toYaml $rules }}
 {{- end }}
