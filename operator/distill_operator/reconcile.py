@@ -100,8 +100,11 @@ def job_of(body: Mapping[str, Any]) -> DistillJob | None:
     return job
 
 
-def update_patch(job: DistillJob, obj: dict[str, Any]) -> dict[str, Any] | None:
-    """The merge patch that brings an existing `obj` to the built one (None: `obj` itself)."""
+def update_patch(job: DistillJob, obj: dict[str, Any], finished: bool) -> dict[str, Any] | None:
+    """The merge patch that brings an existing `obj` to the built one (None: `obj` itself); of
+    a finished job's RayJob, only its TTL."""
+    if obj["kind"] == "RayJob" and finished:
+        return {"spec": {"ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished}}
     if obj["kind"] == "RayJob":
         return {"spec": rayjob_mutable_spec(job)}
     if obj["kind"] == "Deployment":
@@ -124,12 +127,9 @@ def ensure_children(
     finished = has_finished(job)
     created = []
     for obj in build_children(job, options):
-        ran = obj["kind"] == "RayJob" and finished
-        update = update_patch(job, obj)
-        if ran:
-            update = {"spec": {"ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished}}
+        rerun = obj["kind"] == "RayJob" and finished  # never: it would train all over again
         try:
-            outcome = kube.ensure(obj, owner_uid, update, create=not ran)
+            outcome = kube.ensure(obj, owner_uid, update_patch(job, obj, finished), not rerun)
         except OwnedByAnother as error:
             # A namesake from a deleted DistillJob that the garbage collector has not removed yet.
             raise kopf.TemporaryError(str(error), delay=5) from error

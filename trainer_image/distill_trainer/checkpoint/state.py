@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,29 +119,36 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def export_pretrained(uri: str, model: Any, model_state: dict[str, Any], tokenizer: Any) -> None:
-    """Replace whatever is at `uri` with the model in Hugging Face format, from a full state
-    dict so that it works for FSDP too (rank 0 writes)."""
+@contextmanager
+def _replacing(uri: str) -> Iterator[Path | None]:
+    """A local directory whose files replace whatever is at `uri` (on rank 0; None elsewhere,
+    where nothing is written)."""
     if not is_writer():
+        yield None
         return
     store = open_store(uri, check=False)
     store.delete("")
     with writable_dir(store, "") as local:
-        model.save_pretrained(local, state_dict=model_state)
-        tokenizer.save_pretrained(local)
+        yield local
+
+
+def export_pretrained(uri: str, model: Any, model_state: dict[str, Any], tokenizer: Any) -> None:
+    """Replace whatever is at `uri` with the model in Hugging Face format, from a full state
+    dict so that it works for FSDP too (rank 0 writes)."""
+    with _replacing(uri) as local:
+        if local is not None:
+            model.save_pretrained(local, state_dict=model_state)
+            tokenizer.save_pretrained(local)
 
 
 def export_adapter(uri: str, config: Any, tensors: dict[str, Any], tokenizer: Any) -> None:
     """A LoRA adapter in peft's format at `uri` (adapter_config.json, adapter_model.safetensors,
     the tokenizer): what `PeftModel.from_pretrained(base, uri)` loads. Rank 0 writes."""
-    if not is_writer():
-        return
-    store = open_store(uri, check=False)
-    store.delete("")
-    with writable_dir(store, "") as local:
-        config.save_pretrained(local)
-        save_file(tensors, local / "adapter_model.safetensors", metadata={"format": "pt"})
-        tokenizer.save_pretrained(local)
+    with _replacing(uri) as local:
+        if local is not None:
+            config.save_pretrained(local)
+            save_file(tensors, local / "adapter_model.safetensors", metadata={"format": "pt"})
+            tokenizer.save_pretrained(local)
 
 
 def capture_torch_rng() -> dict[str, Any]:

@@ -118,15 +118,15 @@ class Weights:
         return sum(t.numel() * t.element_size() for _, t in self.items())
 
 
-def without_aliases(named: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
-    """Named tensors minus those that share storage with an earlier one: a tied model's
-    `lm_head.weight` is its `embed_tokens.weight`, and engines tie it again on load."""
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    for name, tensor in named:
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if tensor.numel() and key in seen:
+def unaliased_state(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """State-dict entries (FSDP shards as DTensors), each parameter once: a tied lm_head is the
+    embedding's own parameter, so it is skipped before any gather, on every rank alike (after a
+    gather or a cast the two no longer share memory, and nothing could tell them apart)."""
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
             continue
-        seen.add(key)
+        seen.add(id(tensor))
         yield name, tensor
 
 

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.tensor import DTensor
 
+from distill_trainer.roles.base import unaliased_state
+
 log = logging.getLogger(__name__)
 
 
@@ -133,18 +135,6 @@ def shard_model(
 def full_tensor(tensor: Tensor) -> Tensor:
     """The whole tensor from a DTensor's shards (a collective); a plain tensor as it is."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def unaliased_state(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """State-dict entries (FSDP shards as DTensors), each parameter once: a tied lm_head is the
-    embedding's own parameter, so it is skipped before any gather, on every rank alike (after a
-    gather or a cast the two no longer share memory, and nothing could tell them apart)."""
-    seen: set[int] = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        yield name, tensor
 
 
 def full_named_tensors(

@@ -22,7 +22,7 @@ from transformers import (
 
 from distill_trainer.checkpoint.state import capture_torch_rng, restore_torch_rng
 from distill_trainer.config import RolloutConfig
-from distill_trainer.roles.base import Rollouts, SamplingParams, Weights, without_aliases
+from distill_trainer.roles.base import Rollouts, SamplingParams, Weights, unaliased_state
 from distill_trainer.roles.models import (
     autocast,
     load_model,
@@ -173,7 +173,7 @@ class HFRolloutEngine:
     def load_weights(self, weights: Weights) -> dict[str, float]:
         """Copy the tensors in; only a tied alias (lm_head.weight) may be absent."""
         result = self.model.load_state_dict(dict(weights.items()), strict=False)
-        needed = dict(without_aliases(self.model.state_dict().items()))
+        needed = dict(unaliased_state(self.model))
         missing = [name for name in result.missing_keys if name in needed]
         if missing or result.unexpected_keys:
             raise ValueError(

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from distill_api.v1alpha1 import RolloutEngineName, WeightSync
 from distill_trainer.roles import fsdp
-from distill_trainer.roles.base import DEFAULT_BUCKET_BYTES
+from distill_trainer.roles.base import DEFAULT_BUCKET_BYTES, unaliased_state
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class ActorWeightSource:
         if self._metadata is None:
             shapes = (
                 (name, torch.empty(t.shape, dtype=_wire_dtype(t, self.dtype), device="meta"))
-                for name, t in fsdp.unaliased_state(self.model)
+                for name, t in unaliased_state(self.model)
             )
             self._metadata = [ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in self.merge(shapes)]
         return self._metadata
@@ -121,7 +121,7 @@ class ActorWeightSource:
         return self.merge(self._gathered())
 
     def _gathered(self) -> Iterator[tuple[str, Tensor]]:
-        for name, tensor in fsdp.unaliased_state(self.model):
+        for name, tensor in unaliased_state(self.model):
             full = fsdp.full_tensor(tensor.detach())  # a collective: every rank runs it
             if fsdp.rank() == 0:
                 yield name, full.to(self.device, dtype=_wire_dtype(full, self.dtype))
