@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,29 @@ def test_micro_batches_accumulate_to_the_mini_batch_gradient(sampled, student_di
         grads.append(torch.cat([p.grad.flatten() for p in actor.model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_update_metrics_do_not_depend_on_the_micro_batch_split(
+    sampled, student_dir: Path, loss_agg: str
+) -> None:
+    """Token means (clip fractions, ppo_kl) merge by tokens and the loss by its aggregation, so
+    the logged values are the mini-batch's own, however it is split."""
+    # Responses of 1..R tokens: with rows of equal length, token and row shares coincide.
+    lengths = torch.arange(sampled[1].size) % sampled[1].response_length + 1
+    mask = (torch.arange(sampled[1].response_length) < lengths[:, None]).float()
+    batch = dataclasses.replace(sampled[1], response_mask=sampled[1].response_mask * mask)
+    noise = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0))
+    batch.old_logprobs = batch.rollout_logprobs + 0.3 * noise * batch.response_mask
+    batch.advantages = torch.linspace(-1, 1, batch.size)[:, None] * batch.response_mask
+    runs = []
+    for micro in (batch.size, 5):
+        optim = OptimConfig(1e-3, 1, batch.size, 1e9, loss_agg)
+        actor = HFActor(
+            ActorConfig(**_common(student_dir, micro_batch_size=micro), train=True, optim=optim)
+        )
+        runs.append(actor.update(batch))
+    whole, split = runs
+    assert 0 < whole["actor/pg_clipfrac"] < 1 and whole["actor/ppo_kl"] != 0
+    for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key

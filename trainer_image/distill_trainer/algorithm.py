@@ -49,6 +49,14 @@ class LossAgg(StrEnum):
     SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"
 
 
+# The loss functions' metrics that are means over response tokens, whatever the loss aggregation:
+# merging micro-batches weights them by tokens. Their other metrics are the loss aggregates, which
+# merge like the loss does.
+TOKEN_MEAN_METRICS = frozenset(
+    {"actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl", "critic/vf_clipfrac"}
+)
+
+
 # --- validation and dtype ------------------------------------------------------------------------
 
 

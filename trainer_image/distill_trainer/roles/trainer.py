@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, 
 
 from distill_api.v1alpha1 import LoraConfig
 from distill_trainer.algorithm import (
+    TOKEN_MEAN_METRICS,
     LossAgg,
     agg_loss,
     kl_loss,
@@ -207,10 +208,14 @@ class HFTeacher:
 LossFn = Callable[[RolloutBatch], tuple[Tensor, dict[str, float]]]
 
 
+def _token_share(mb: RolloutBatch, mini: RolloutBatch) -> float:
+    return mb.response_mask.sum().item() / max(mini.response_mask.sum().item(), 1.0)
+
+
 def _loss_weight(mb: RolloutBatch, mini: RolloutBatch, loss_agg: LossAgg) -> float:
     """Share of the mini-batch loss a micro-batch's aggregate stands for."""
     if loss_agg == LossAgg.TOKEN_MEAN:
-        return mb.response_mask.sum().item() / max(mini.response_mask.sum().item(), 1.0)
+        return _token_share(mb, mini)
     rows = (mb.response_mask.sum(-1) > 0).sum().item()
     return rows / max((mini.response_mask.sum(-1) > 0).sum().item(), 1)
 
@@ -260,13 +265,14 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for rows, mb in micro_batches(share, self.cfg):
                 weight = 0.0 if rows is None else _loss_weight(mb, mini, self.optim_cfg.loss_agg)
+                tokens = 0.0 if rows is None else _token_share(mb, mini)
                 with autocast(self.cfg.device):
                     loss, metrics = loss_fn(mb)
                 # FSDP averages the ranks' gradients; the weights already split the mini-batch
                 # between ranks, so the sum is wanted (gloo has no pre-scaled reduce-scatter).
                 (loss * (weight * fsdp.world_size())).backward()
                 for key, value in metrics.items():
-                    sums[key] += value * weight
+                    sums[key] += value * (tokens if key in TOKEN_MEAN_METRICS else weight)
             grad_norm = fsdp.clip_grad_norm(self.params, self.optim_cfg.grad_clip)
             if math.isfinite(grad_norm):
                 self.optimizer.step()
