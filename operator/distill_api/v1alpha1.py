@@ -516,7 +516,11 @@ class CheckpointVolume(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "!(self.mountPath in " + str(list(RESERVED_MOUNT_PATHS)) + ")",
+                    # "/tmp/" is the same mount. A list, not a regex: CEL's cost estimate of
+                    # matches() on a string with no maxLength can exceed the API server's budget.
+                    "!(self.mountPath in "
+                    + str([p + end for p in RESERVED_MOUNT_PATHS for end in ("", "/")])
+                    + ")",
                     "mountPath is where the operator mounts its own volumes ("
                     + ", ".join(RESERVED_MOUNT_PATHS)
                     + ")",

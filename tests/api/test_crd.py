@@ -187,6 +187,12 @@ def test_cel_accepts_the_examples() -> None:
             ),
             "mountPath is where the operator mounts its own volumes",
         ),
+        (
+            lambda s: s["checkpoint"].update(
+                uri="/tmp/run", volume={"claimName": "c", "mountPath": "/tmp/"}
+            ),
+            "mountPath is where the operator mounts its own volumes",
+        ),
         (lambda s: s["rollout"].update(weightSync="nccl"), "weightSync nccl needs engine vllm"),
         (
             lambda s: s["rollout"].update(weightSync="nccl", engine="hf"),
