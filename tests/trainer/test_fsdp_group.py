@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill_api.v1alpha1 import LoraConfig
 from distill_trainer.batch import RolloutBatch
 from distill_trainer.cli import load_document
 from distill_trainer.config import ActorConfig, OptimConfig, RolloutConfig, RunOptions
@@ -156,6 +157,32 @@ def test_ranks_share_the_drivers_threads_and_one_rank_is_not_sharded(
         assert _worker_facts(single.handles[0]) == (threads, niceness, False)
     finally:
         single.kill()
+
+
+@pytest.mark.slow
+def test_a_resume_with_lora_dropout_continues_every_ranks_masks(
+    ray_session, batch: RolloutBatch, student_dir: Path, tmp_path: Path
+) -> None:
+    """The ranks' RNG streams drift apart (their shares of a mini-batch differ), so each rank
+    restores its own: rank 1 once restored rank 0's and drew other dropout masks."""
+    config = dataclasses.replace(
+        _config(student_dir),
+        optim=OptimConfig(1e-2, 1, 5, 1.0, "token-mean"),
+        lora=LoraConfig(rank=4, alpha=8, dropout=0.5),
+    )
+    actors = RayTrainingGroup.start("actor", HFActor, config, Placement(replicas=2))
+    try:
+        actors.update(batch)
+        actors.save_checkpoint(str(tmp_path))
+        actors.update(batch)
+        uninterrupted = _state(ray.get(actors.get_weights()))
+        actors.load_checkpoint(str(tmp_path))
+        actors.update(batch)
+        resumed = _state(ray.get(actors.get_weights()))
+    finally:
+        actors.kill()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name
 
 
 @pytest.mark.slow

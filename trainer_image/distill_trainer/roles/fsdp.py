@@ -21,6 +21,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -84,6 +85,15 @@ def sum_over_ranks(values: Tensor) -> Tensor:
     total = values.to(device)
     dist.all_reduce(total)
     return total.cpu()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` in rank order (a list of one in a world of one); collective."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def max_over_ranks(value: int) -> int:

@@ -291,8 +291,9 @@ class _Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next update depends on: weights, optimizer moments, the LR schedule's
-        position, the shuffling generator, the update count, this process's torch RNG (dropout,
-        when on). Collective under FSDP: every rank calls it."""
+        position, the shuffling generator, the update count, and every rank's torch RNG (dropout,
+        when on: the ranks' streams drift apart, as their shares of a mini-batch differ).
+        Collective under FSDP: every rank calls it."""
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=FULL_STATE)
         return {
             "model": model_state,
@@ -300,7 +301,7 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "updates": self.updates,
-            "rng": capture_torch_rng(),
+            "rng_by_rank": fsdp.gather_objects(capture_torch_rng()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -315,7 +316,14 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.updates = int(state["updates"])
-        restore_torch_rng(state["rng"])
+        by_rank = state["rng_by_rank"] if "rng_by_rank" in state else [state["rng"]]
+        if len(by_rank) != fsdp.world_size():
+            log.warning(
+                "checkpoint holds the RNG of %d ranks, this group has %d: dropout masks after the "
+                "resume differ from an uninterrupted run",
+                len(by_rank), fsdp.world_size(),
+            )  # fmt: skip
+        restore_torch_rng(by_rank[min(fsdp.rank(), len(by_rank) - 1)])
 
 
 class HFActor:
