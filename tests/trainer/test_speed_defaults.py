@@ -18,7 +18,7 @@ from distill_trainer.driver import train_step
 from distill_trainer.roles import SamplingParams, exact_behaviour_logprobs
 from distill_trainer.roles.rollout_hf import HFRolloutEngine
 from distill_trainer.roles.trainer import HFActor
-from distill_trainer.setup import setup_run
+from distill_trainer.setup import JobInputError, setup_run
 
 
 def test_the_default_micro_batch_is_the_token_budget_not_16_rows() -> None:
@@ -112,3 +112,15 @@ def test_engine_logprobs_are_exact_only_for_the_hf_engine_on_cpu_at_top_p_1(make
     assert exact_behaviour_logprobs(spec, hf, "cpu", Placement(1, 0.0, {}))  # a local Ray
     # A DistillJob's cluster: the engines go to pods advertising the role's resource.
     assert not exact_behaviour_logprobs(spec, hf, "cpu", Placement(1, 0.0, {"rollout": 1.0}))
+
+
+def test_engine_logprobs_as_old_logprobs_are_refused_under_top_p(make_job, tmp_path) -> None:
+    """Both engines renormalise their logprobs over the nucleus: as old logprobs every ratio
+    would start below 1 − ε. Asking for them anyway fails before any model loads."""
+    job = make_job(rollout={"topP": 0.7})
+    options = RunOptions(
+        backend="inprocess", device="cpu", output_dir=tmp_path, progress=False,
+        old_logprobs_from_rollout=True,
+    )  # fmt: skip
+    with pytest.raises(JobInputError, match=r"rollout.topP=0.7: old_logprobs_from_rollout"):
+        setup_run(job, options)

@@ -66,8 +66,9 @@ class RunOptions(BaseModel):
         description="Use the rollout engine's behaviour logprobs as the PPO old logprobs and "
         "skip the actor's scoring pass (verl's bypass mode). Unset: where that is exact, the HF "
         "engine sampling the whole distribution (top_p 1) on this machine's CPU in float32 with "
-        "the actor's own weights; its entropies are then actor/entropy. True: everywhere (with "
-        "vLLM an approximation, and no actor/entropy). False: never.",
+        "the actor's own weights; its entropies are then actor/entropy. True: everywhere with "
+        "topP 1, refused under top-p (with vLLM an approximation, and no actor/entropy). "
+        "False: never.",
     )
     resume_from: str | None = Field(
         None, description="Checkpoint URI to continue from (default: the job's newest)."

@@ -153,6 +153,19 @@ def check_context_length(spec: DistillJobSpec) -> None:
             )
 
 
+def check_old_logprobs_source(spec: DistillJobSpec, options: RunOptions) -> None:
+    """Refuse the engine's logprobs as the PPO old logprobs where they are of another
+    distribution: under top-p both engines renormalise them over the nucleus, so every ratio
+    would start at 1/Z, below 1 − ε (all tokens clipped), and the KL to an identical teacher would
+    read log Z per token."""
+    if options.old_logprobs_from_rollout and spec.rollout.top_p < 1.0:
+        raise JobInputError(
+            f"rollout.topP={spec.rollout.top_p}: old_logprobs_from_rollout needs topP 1 (the "
+            "engine's logprobs are renormalised over the nucleus, the actor's are not); leave it "
+            "unset or false"
+        )
+
+
 def warn_about_sampling(spec: DistillJobSpec) -> None:
     """Once per run: settings that are legitimate but easy to misread in the metrics."""
     if spec.rollout.top_p < 1.0:
@@ -211,6 +224,7 @@ def setup_run(job: DistillJob, options: RunOptions) -> Run:
     if spec.needs_teacher and spec.teacher is not None:
         check_shared_tokenizer(tokenizer, spec.teacher.model)
     check_context_length(spec)
+    check_old_logprobs_source(spec, options)
     warn_about_sampling(spec)
     max_prompt = spec.rollout.max_prompt_length
     train = load_prompts("data.train", spec.data.train, tokenizer, max_prompt)
