@@ -20,6 +20,7 @@ from distill_api import load_job
 from distill_trainer.checkpoint import CheckpointError, JobCheckpoints, math_fields
 from distill_trainer.checkpoint.manifest import differing_fields
 from distill_trainer.checkpoint.state import capture_rng, load_weights, restore_rng, save_weights
+from distill_trainer.checkpoint.store import LocalStore
 from distill_trainer.cli import main
 from distill_trainer.config import RunOptions
 from distill_trainer.driver import run_job
@@ -99,6 +100,32 @@ def test_keep_prunes_only_this_jobs_committed_checkpoints(tmp_path: Path) -> Non
     (tmp_path / "a-file").write_text("")
     with pytest.raises(CheckpointError, match=r"a-file/ckpt: cannot create the directory"):
         JobCheckpoints(str(tmp_path / "a-file" / "ckpt"), "job-a", MATH, keep=1)
+
+
+class _KilledWhileDeleting(LocalStore):
+    """A local store whose directory deletes stop after one file: the process killed there."""
+
+    def delete(self, prefix: str) -> None:
+        first = sorted(self.list_files(prefix))[0]
+        self.remove(f"{prefix}/{first}")
+        raise KeyboardInterrupt("killed while deleting")
+
+
+@pytest.mark.parametrize("rewrite", ["re-reach the step", "prune"])
+def test_a_delete_cut_short_leaves_an_uncommitted_checkpoint(tmp_path: Path, rewrite) -> None:
+    """Replacing or pruning a committed checkpoint removes its manifest first: killed midway,
+    the next start resumes from an older one instead of failing on missing files forever."""
+    checkpoints = JobCheckpoints(str(tmp_path), "job-a", MATH, keep=2)
+    for step in (2, 3, 4):
+        _save(checkpoints, step)
+    checkpoints.store = _KilledWhileDeleting(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        if rewrite == "prune":
+            _save(checkpoints, 5)  # prunes step 3
+        else:
+            checkpoints.begin(4)  # resumed from 3, the run reaches step 4 again
+    point = JobCheckpoints(str(tmp_path), "job-a", MATH, keep=2).resume_point()
+    assert point is not None and point.manifest.step == (5 if rewrite == "prune" else 3)
 
 
 def test_a_changed_math_field_is_refused_unless_forced(make_job, tmp_path: Path) -> None:

@@ -164,8 +164,14 @@ class JobCheckpoints:
             )
         if previous is not None or self.store.list_files(name):
             log.warning("replacing %s, left by an earlier attempt", self.store.uri_of(name))
-            self.store.delete(name)  # the manifest goes with it, so the leftover is uncommitted
+            self._discard(name)
         return self.step_uri(step)
+
+    def _discard(self, name: str) -> None:
+        # Manifest first: a delete cut short (the process killed, an S3 batch failing) leaves an
+        # uncommitted directory that resume skips, never a committed one with files missing.
+        self.store.remove(f"{name}/{MANIFEST}")
+        self.store.delete(name)
 
     def commit(self, step: int, epoch: int, files: dict[str, int], roles: list[str]) -> Manifest:
         """Write the manifest (the checkpoint now counts), then prune; returns the manifest."""
@@ -193,9 +199,6 @@ class JobCheckpoints:
         kept = [m for m in ours if m.step <= newest]
         stale += kept[: -self.keep]
         for manifest in stale:
-            # Manifest first: a prune cut short leaves an uncommitted directory, never a
-            # committed checkpoint with files missing.
-            self.store.remove(f"{step_dir(manifest.step)}/{MANIFEST}")
-            self.store.delete(step_dir(manifest.step))
+            self._discard(step_dir(manifest.step))
             log.info("deleted old checkpoint %s", manifest.uri)
         return [m.uri for m in stale]
