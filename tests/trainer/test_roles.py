@@ -188,3 +188,17 @@ def test_update_metrics_do_not_depend_on_the_micro_batch_split(
     assert 0 < whole["actor/pg_clipfrac"] < 1 and whole["actor/ppo_kl"] != 0
     for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl"):
         assert split[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+
+
+def test_one_engine_resumes_from_a_rollout_groups_sampling_state(
+    sampled, student_dir: Path, caplog
+) -> None:
+    """A checkpoint of a run with a rollout group holds every replica's state; the backend is not
+    a math field, so an in-process resume takes replica 0's (and says the others are dropped)."""
+    engine, _ = sampled
+    prompts, params = _prompt_ids(student_dir), SamplingParams(8, temperature=0.7)
+    state = engine.sampling_state()
+    first = engine.generate(prompts, 2, params).response_ids
+    engine.load_sampling_state({"replicas": [state, engine.sampling_state()]})
+    assert torch.equal(engine.generate(prompts, 2, params).response_ids, first)
+    assert "sampling state of 2 rollout replicas, this run has 1" in caplog.text

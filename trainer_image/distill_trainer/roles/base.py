@@ -7,6 +7,7 @@ loop changing. Tensors cross the interface on the CPU; each role moves them to i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 
 from distill_trainer.batch import RolloutBatch, pad_cat, position_ids_from_mask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,23 @@ class StaleWeightsError(RuntimeError):
 
 
 DEFAULT_BUCKET_BYTES = 256 << 20  # weight-sync bucket size (verl and vLLM use 256 MiB–1 GiB)
+REPLICA_STATES = "replicas"  # a rollout group's sampling state: the list of every replica's
+
+
+def replica_sampling_states(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-replica states in a checkpoint's rollout sampling state: a group's list, or one
+    engine's state (saved in-process) as replica 0's. The backend is not a math field, so a
+    checkpoint of either kind may resume under the other."""
+    return state.get(REPLICA_STATES, [state])
+
+
+def warn_if_replicas_differ(saved: int, running: int) -> None:
+    if saved != running:
+        log.warning(
+            "the checkpoint holds the sampling state of %d rollout replicas, this run has %d: "
+            "the samples will differ from the interrupted run's",
+            saved, running,
+        )  # fmt: skip
 
 
 @dataclass

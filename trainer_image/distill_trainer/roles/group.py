@@ -56,14 +56,19 @@ import torch
 
 from distill_trainer.batch import RolloutBatch, balanced_shares, sequence_lengths
 from distill_trainer.roles import fsdp
-from distill_trainer.roles.base import LogprobOutput, Rollouts
+from distill_trainer.roles.base import (
+    REPLICA_STATES,
+    LogprobOutput,
+    Rollouts,
+    replica_sampling_states,
+    warn_if_replicas_differ,
+)
 
 log = logging.getLogger(__name__)
 
 SHARDED = frozenset({"generate", "compute_logprobs", "compute_values"})
 BROADCAST = frozenset({"load_weights"})
 BY_REFERENCE = frozenset({"get_weights"})
-REPLICA_STATES = "replicas"  # RayRoleGroup.sampling_state: the list of every replica's state
 
 
 @dataclass(frozen=True)
@@ -212,13 +217,8 @@ class RayRoleGroup(_CalledLikeTheRole):
     def load_sampling_state(self, state: dict[str, Any]) -> None:
         """Each replica takes its own state back. A state saved by one engine (in-process) is
         replica 0's; replicas the checkpoint did not have keep their seeded start."""
-        states = state.get(REPLICA_STATES, [state])
-        if len(states) != len(self.handles):
-            log.warning(
-                "the checkpoint holds the sampling state of %d rollout replicas, this run has "
-                "%d: the samples will differ from the interrupted run's",
-                len(states), len(self.handles),
-            )  # fmt: skip
+        states = replica_sampling_states(state)
+        warn_if_replicas_differ(len(states), len(self.handles))
         ray.get(
             [h.load_sampling_state.remote(s) for h, s in zip(self.handles, states, strict=False)]
         )

@@ -22,7 +22,14 @@ from transformers import (
 
 from distill_trainer.checkpoint.state import capture_torch_rng, restore_torch_rng
 from distill_trainer.config import RolloutConfig
-from distill_trainer.roles.base import Rollouts, SamplingParams, Weights, unaliased_state
+from distill_trainer.roles.base import (
+    Rollouts,
+    SamplingParams,
+    Weights,
+    replica_sampling_states,
+    unaliased_state,
+    warn_if_replicas_differ,
+)
 from distill_trainer.roles.models import (
     autocast,
     load_model,
@@ -188,4 +195,6 @@ class HFRolloutEngine:
         return capture_torch_rng()
 
     def load_sampling_state(self, state: dict[str, Any]) -> None:
-        restore_torch_rng(state)
+        states = replica_sampling_states(state)
+        warn_if_replicas_differ(len(states), 1)
+        restore_torch_rng(states[0])

@@ -40,7 +40,13 @@ import torch
 from transformers import AutoConfig, GenerationConfig
 
 from distill_trainer.config import RolloutConfig
-from distill_trainer.roles.base import Rollouts, SamplingParams, Weights
+from distill_trainer.roles.base import (
+    Rollouts,
+    SamplingParams,
+    Weights,
+    replica_sampling_states,
+    warn_if_replicas_differ,
+)
 from distill_trainer.roles.models import load_tokenizer, on_this_machine, seed_everything
 
 log = logging.getLogger(__name__)
@@ -298,4 +304,6 @@ class VLLMRolloutEngine:
         return {"seeds": self.seeds.getstate()}
 
     def load_sampling_state(self, state: dict[str, Any]) -> None:
-        self.seeds.setstate(state["seeds"])
+        states = replica_sampling_states(state)
+        warn_if_replicas_differ(len(states), 1)
+        self.seeds.setstate(states[0]["seeds"])
