@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distill_trainer.config import RunOptions
-from distill_trainer.driver import pass_at_k_values, validate
+from distill_trainer.driver import pass_at_k_values, run_job, validate
 from distill_trainer.prompts import EncodedPrompt
 from distill_trainer.setup import setup_run, validation_subset
 
@@ -73,3 +73,23 @@ def test_default_validation_is_one_greedy_sample(make_job, tmp_path) -> None:
     metrics, engine, n_val = _validate(make_job, tmp_path)
     assert engine.calls == [(n_val, 1, True)]
     assert set(metrics) == {"val/reward", "val/pass@1", "timing_s/validate"}
+
+
+def test_how_often_validation_runs_does_not_change_training(make_job, tmp_path) -> None:
+    """Sampled validation draws from a stream of its own: testFreq (a schedule field, free to
+    change on resume) leaves every training sample as it was, and validations of the same
+    weights draw the same samples."""
+    runs = {}
+    for test_freq in (1, 100):
+        job = make_job(training={"totalSteps": 3, "testFreq": test_freq, "valN": 4})
+        options = RunOptions(
+            backend="inprocess", output_dir=tmp_path / str(test_freq), progress=False
+        )
+        runs[test_freq] = run_job(job, options)
+    every_step, rarely = runs[1], runs[100]
+    keys = ("training_step_reward", "actor/pg_loss", "response_length/mean")
+    trained = [[[m[k] for k in keys] for m in r.history if keys[0] in m] for r in runs.values()]
+    assert len(trained[0]) == 3 and trained[0] == trained[1]
+    assert sorted(every_step.val_rewards) == [0, 1, 2, 3] and sorted(rarely.val_rewards) == [0, 3]
+    for step in (0, 3):
+        assert every_step.val_rewards[step] == rarely.val_rewards[step]

@@ -189,6 +189,12 @@ def pass_at_k_values(n: int) -> list[int]:
     return sorted({2**i for i in range(n.bit_length()) if 2**i < n} | {n})
 
 
+# Validation samples from a stream of its own, the same at every validation and in every run
+# (common random numbers: curves and runs differ by their weights, not their draws), and leaves
+# the training stream alone, so testFreq never changes what training samples.
+VALIDATION_SAMPLING_SEED = 0
+
+
 def validate(run: Run) -> dict[str, float]:
     """`val/reward`: the mean score over valN responses per validation problem (1: greedy, else
     sampled at valTemperature), and `val/pass@k` (unbiased) for k in `pass_at_k_values(valN)`.
@@ -201,6 +207,7 @@ def validate(run: Run) -> dict[str, float]:
         temperature=t.val_temperature,
         greedy=t.val_n == 1,
         logprobs=False,
+        seed=VALIDATION_SAMPLING_SEED,
     )
     parts = []
     with timer("validate"):

@@ -29,6 +29,10 @@ class SamplingParams:
     top_p: float = 1.0
     greedy: bool = False
     logprobs: bool = True  # also return the behaviour logprob of each sampled token
+    # None: draw from the engine's own stream, which moves on (training). A seed: this call alone
+    # draws from it and the engine's stream stays where it was (validation: how often it runs
+    # must not change the training samples, or a resume with another testFreq would).
+    seed: int | None = None
 
 
 @dataclass

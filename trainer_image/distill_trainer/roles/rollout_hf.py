@@ -7,7 +7,9 @@ The vLLM engine (roles/rollout_vllm.py) implements the same `RolloutEngine` inte
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -130,11 +132,24 @@ class HFRolloutEngine:
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams
     ) -> Rollouts:
         step = self.cfg.generate_batch_size or len(prompt_token_ids)
-        parts = [
-            self._generate(prompt_token_ids[i : i + step], n, sampling)
-            for i in range(0, len(prompt_token_ids), step)
-        ]
+        with self._stream(sampling.seed):
+            parts = [
+                self._generate(prompt_token_ids[i : i + step], n, sampling)
+                for i in range(0, len(prompt_token_ids), step)
+            ]
         return Rollouts.concat(parts, self.pad_id)
+
+    @contextlib.contextmanager
+    def _stream(self, seed: int | None) -> Iterator[None]:
+        """`generate` samples from the global torch generators: with a seed, from a fork of them
+        seeded so, which is dropped afterwards."""
+        if seed is None:
+            yield
+            return
+        on_cuda = torch.device(self.cfg.device).type == "cuda"
+        with torch.random.fork_rng(devices=None if on_cuda else []):
+            torch.manual_seed(seed)
+            yield
 
     def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
         encoded = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")

@@ -212,7 +212,9 @@ class VLLMRolloutEngine:
         # vLLM refuses n > 1 when greedy: the n samples would be one sample n times anyway.
         per_request = 1 if sampling.greedy else n
         # A fresh seed per call (step), spaced so that no two samples of the call share one.
-        step_seed = self.seeds.randrange(2**31 - n * len(prompt_token_ids))
+        step_seed = sampling.seed
+        if step_seed is None:
+            step_seed = self.seeds.randrange(2**31 - n * len(prompt_token_ids))
         params = [
             self._sampling_params(per_request, sampling, step_seed + i * n)
             for i in range(len(prompt_token_ids))
