@@ -126,3 +126,21 @@ def test_build_sft_model_caches_by_recipe(tmp_path: Path) -> None:
     other = tiny.build_sft_model(tmp_path, "m", SMALL, config, records, data_key="d2")
     assert other != first
     assert (other / "tokenizer.json").is_file()
+
+
+def test_build_sft_model_fine_tunes_a_base(tmp_path: Path) -> None:
+    """With `base`, the SFT starts from that saved model (the demo's student is its teacher after
+    a short fine-tune), and the base's recipe is part of the cache key."""
+    records = _records(8)
+    base = tiny.build_sft_model(tmp_path, "base", SMALL, tiny.SftConfig(steps=2), records, "d")
+    other_base = tiny.build_sft_model(
+        tmp_path, "base", SMALL, tiny.SftConfig(steps=3), records, "d"
+    )
+    gentle = tiny.SftConfig(steps=1, learning_rate=1e-4, warmup_steps=1)
+    tuned = tiny.build_sft_model(tmp_path, "tuned", SMALL, gentle, records, "d", base=base)
+    assert tuned != tiny.build_sft_model(
+        tmp_path, "tuned", SMALL, gentle, records, "d", base=other_base
+    )
+    before, after = tiny.load(base)[0].state_dict(), tiny.load(tuned)[0].state_dict()
+    moved = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert 0 < moved < 2e-4  # one Adam step of 1e-4 from the base's weights, not a fresh model

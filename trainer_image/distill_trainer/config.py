@@ -47,6 +47,9 @@ class RunOptions(BaseModel):
     val_before_train: bool = Field(True, description="Validate once before the first step.")
     max_val_prompts: int | None = Field(None, ge=1, description="Cap on validation prompts.")
     progress: bool = Field(True, description="Show a progress bar on the console.")
+    progress_line: int = Field(
+        0, ge=0, description="Console line of the progress bar, for runs side by side."
+    )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default all).")
     colocate: bool = Field(
         True,

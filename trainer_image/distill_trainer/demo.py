@@ -1,18 +1,21 @@
 """`make demo`: on-policy distillation vs pure RL, with tiny models on CPU, in a few minutes.
 
-    python -m distill_trainer.demo [--out out/demo] [--steps N] [--seeds 0 1 2] [--backend ...]
+    python -m distill_trainer.demo [--out out/demo] [--steps N] [--seeds 0 1 2] [--lanes 2]
 
 1. data: a synthetic task, "What is 3 + 4 + 7 + 2?" (four one-digit terms), 2000 train / 200
    validation prompts, written by the same code as `python -m distill_trainer.data
    prep-arithmetic`;
 2. models (built locally, cached under out/demo/cache/ by a hash of their recipe): a tiny Qwen2
-   teacher trained by SFT until it solves the task, and a student of the same shape trained
-   briefly, so it writes well-formed answers but gets only a few of the validation sums right;
+   teacher trained by SFT until it solves the task, and the student: that teacher after a short
+   fine-tune on three-term sums, which made it forget the four-term ones (it now writes one
+   running total where they need two, and is right on about 8% of them). Recovering what a
+   fine-tune made a model forget, with its own earlier checkpoint as the teacher, is one of the
+   uses of on-policy distillation (Thinking Machines, "On-Policy Distillation", 2025);
 3. three DistillJobs from examples/, each on every seed (training.seed: data order and sampling):
    demo-rl.yaml (GRPO on the grader's reward alone, no teacher), demo-distill.yaml (the seed's
    objective: GRPO plus the teacher's per-token KL in the advantage) and demo-reward-free.yaml
    (advEstimator none: the teacher's KL alone; the grader only measures), each run by the
-   trainer's own `run_job` with its own progress bar;
+   trainer's own `run_job` with its own progress bar, `lanes` runs side by side;
 4. out/demo/results.json (per-seed validation curves, and the step at which each run closed half
    and 90% of the student's gap to the teacher), a table on the console and out/demo/demo.png.
 
@@ -26,13 +29,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import statistics
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from distill_grader.grading import grade_answer
 from distill_trainer import data, tiny
@@ -63,19 +70,30 @@ class DemoConfig:
     terms: int = 4  # one-digit operands per problem
     data_seed: int = 0
     teacher_model: tiny.TinyModelConfig = field(default_factory=tiny.TinyModelConfig)
-    student_model: tiny.TinyModelConfig = field(default_factory=tiny.TinyModelConfig)
-    # The teacher trains until it is near-perfect; the student stops early, at a constant rate,
-    # like an early checkpoint of a long run: its answers are well formed, ~15% of them right.
-    # (A student whose rate decayed to the end learned more slowly under both RL and distillation.)
-    # Not longer: at this constant rate the greedy reward swings between checkpoints (0.16 after
-    # 300 steps; 0.665 after 350 and 0.525 after 450 in another run), and from the 300-step one
-    # pure RL and distillation alike jumped to ≈ 0.6 within 5 steps: annealing hides the objective.
+    # The teacher trains until it is near-perfect (greedy 1.000 on the validation sums).
     teacher_sft: tiny.SftConfig = field(default_factory=lambda: tiny.SftConfig(steps=1200))
+    # The student: the teacher fine-tuned on every three-term sum ("7,\boxed{12}": one running
+    # total) for 40 steps at 3e-4. That is enough to make it forget four-term sums (greedy 0.08:
+    # it writes one running total, then boxes a wrong sum) while it stays a few optimizer steps
+    # from the teacher, which is what a few dozen steps of any training can undo on a model this
+    # small. A student trained from scratch and stopped early (the demo before this one) has to
+    # learn the arithmetic itself: even SFT on the teacher's answers moved that one only from
+    # 0.26 to 0.33 in 40 steps at 1e-3, and 3e-3 broke it. Fine-tuned 20 steps, the student
+    # kept enough four-term skill that pure RL reached half the gap by step 30; 60 steps left
+    # distillation itself short of 90% of it at step 40. Fine-tuned on all 1000 three-term sums
+    # instead of these 900, it got stuck in one seed of each distillation job (at 0.63 and 0.74:
+    # it boxed 20 or 21 for the sums above 20), where this student reaches 90% on every seed.
+    student_terms: int = 3
     student_sft: tiny.SftConfig = field(
-        default_factory=lambda: tiny.SftConfig(steps=150, cosine=False)
+        default_factory=lambda: tiny.SftConfig(
+            steps=40, learning_rate=3e-4, warmup_steps=10, cosine=False
+        )
     )
-    # training.seed of each run of each job; `--seeds 0 1 2` for the spread, at 3× the time.
-    seeds: tuple[int, ...] = (0,)
+    # training.seed of each run of each job: the table gives the spread across them.
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # Runs side by side, each in its own process with cpu_count / lanes torch threads: two runs
+    # on one thread each finish ~1.65× sooner than one after the other on two threads.
+    lanes: int = 2
     steps: int | None = None  # overrides training.totalSteps of every job (None: the YAML's)
     test_freq: int | None = None  # overrides training.testFreq of every job
     overrides: tuple[str, ...] = ()  # more `--set PATH=VALUE` overrides for every job
@@ -106,18 +124,38 @@ def build_data(cfg: DemoConfig) -> tuple[dict[str, Path], str]:
     return paths, key
 
 
+def student_records(cfg: DemoConfig) -> list[data.PromptRecord]:
+    """The fine-tune that makes the student: the train split of `prep-arithmetic --terms
+    <student_terms> --train 900 --test 100 --seed <data_seed + 1>` (900 of the 1000 three-term
+    sums), built in memory."""
+    count = 10**cfg.student_terms
+    problems = data.arithmetic_problems(count, cfg.data_seed + 1, 9, terms=cfg.student_terms)
+    rows = data.arithmetic_rows(problems[count // 10 :], "train", instruction="")
+    return [data.row_to_record(row, index=i) for i, row in enumerate(rows)]
+
+
 def build_models(cfg: DemoConfig, train_path: Path, data_key: str) -> dict[str, Path]:
-    """SFT (or reuse) the teacher and the student; link them where the job files expect them."""
-    records = data.read_dataset(str(train_path))
+    """SFT (or reuse) the teacher, fine-tune it into the student; link both where the job files
+    expect them."""
     cache = cfg.out / "cache"
-    built = {
-        "teacher": tiny.build_sft_model(
-            cache, "teacher", cfg.teacher_model, cfg.teacher_sft, records, data_key
-        ),
-        "student": tiny.build_sft_model(
-            cache, "student", cfg.student_model, cfg.student_sft, records, data_key
-        ),
-    }
+    teacher = tiny.build_sft_model(
+        cache,
+        "teacher",
+        cfg.teacher_model,
+        cfg.teacher_sft,
+        data.read_dataset(str(train_path)),
+        data_key,
+    )
+    student = tiny.build_sft_model(
+        cache,
+        "student",
+        cfg.teacher_model,
+        cfg.student_sft,
+        student_records(cfg),
+        tiny.config_key(terms=cfg.student_terms, seed=cfg.data_seed),
+        base=teacher,
+    )
+    built = {"teacher": teacher, "student": student}
     links = {}
     for role, path in built.items():
         link = cfg.out / "models" / role
@@ -157,8 +195,11 @@ def job_overrides(cfg: DemoConfig, models: dict[str, Path], paths: dict[str, Pat
     return [*overrides, *cfg.overrides]
 
 
-def run_example(name: str, seed: int, cfg: DemoConfig, overrides: list[str]) -> RunSummary:
-    """Load examples/<job>.yaml with the overrides and the seed, as the CLI would, and train it."""
+def run_example(
+    name: str, seed: int, cfg: DemoConfig, overrides: list[str], line: int = 0
+) -> RunSummary:
+    """Load examples/<job>.yaml with the overrides and the seed, as the CLI would, and train it
+    (its progress bar on console line `line`)."""
     job = load_document(EXAMPLES / JOBS[name], [*overrides, f"training.seed={seed}"])
     options = RunOptions(
         backend=cfg.backend,
@@ -166,9 +207,47 @@ def run_example(name: str, seed: int, cfg: DemoConfig, overrides: list[str]) -> 
         output_dir=cfg.out / name / f"seed-{seed}",
         micro_batch_size=cfg.micro_batch_size,
         progress=cfg.progress,
+        progress_line=line,
     )
     log.info("running %s (%s), seed %d", job.metadata.name, JOBS[name], seed)
     return run_job(job, options)
+
+
+PlannedRun = tuple[str, int, list[str]]  # job name, seed, its overrides
+
+
+def run_lane(
+    runs: list[PlannedRun], cfg: DemoConfig, teacher_reward: float, line: int, threads: int | None
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """One lane's runs, one after the other; their results.json entries. A lane of its own
+    process uses `threads` torch threads (None: the process's own setting)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return {
+        (name, seed): seed_result(run_example(name, seed, cfg, overrides, line), teacher_reward)
+        for name, seed, overrides in runs
+    }
+
+
+def run_all(
+    runs: list[PlannedRun], cfg: DemoConfig, teacher_reward: float
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every run, split over `cfg.lanes` processes (spawned: the parent's torch threads and
+    grader pool are not forked) with the machine's CPUs shared between them."""
+    lanes = max(1, min(cfg.lanes, len(runs)))
+    if lanes == 1:
+        return run_lane(runs, cfg, teacher_reward, 0, None)
+    threads = max(1, (os.cpu_count() or lanes) // lanes)
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(lanes, mp_context=context) as pool:
+        futures = [
+            pool.submit(run_lane, runs[lane::lanes], cfg, teacher_reward, lane, threads)
+            for lane in range(lanes)
+        ]
+        for future in futures:
+            results.update(future.result())
+    return results
 
 
 def first_step_reaching(rewards: dict[int, float], target: float) -> int | None:
@@ -303,14 +382,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     )
     log.info("teacher val reward %.3f", teacher_reward)
     teacher = [f"teacher.model={models['teacher']}"]
+    runs = [
+        (name, seed, [*overrides, *(teacher if name in TEACHER_JOBS else [])])
+        for seed in cfg.seeds
+        for name in JOBS
+    ]
+    done = run_all(runs, cfg, teacher_reward)
     results: dict[str, Any] = {"teacher": {"val_reward": teacher_reward}}
     for name in JOBS:
-        with_teacher = [*overrides, *(teacher if name in TEACHER_JOBS else [])]
-        per_seed = {}
-        for seed in cfg.seeds:
-            summary = run_example(name, seed, cfg, with_teacher)
-            per_seed[str(seed)] = seed_result(summary, teacher_reward)
-        results[name] = job_result(per_seed)
+        results[name] = job_result({str(seed): done[name, seed] for seed in cfg.seeds})
     results["total_seconds"] = round(time.monotonic() - started, 1)
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, cfg.out / "demo.png")
@@ -324,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DemoConfig.seeds))
     parser.add_argument("--backend", choices=["ray", "inprocess"], default=DemoConfig.backend)
     parser.add_argument(
+        "--lanes", type=int, default=DemoConfig.lanes, help="runs side by side (processes)"
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -332,7 +415,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="override a field of every job, e.g. training.learningRate=5e-4 (repeatable)",
     )
     parser.add_argument(
-        "--student-sft-steps", type=int, default=None, help="SFT steps of the student"
+        "--student-sft-steps",
+        type=int,
+        default=None,
+        help="steps of the fine-tune that turns the teacher into the student",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -344,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         steps=args.steps,
         seeds=tuple(args.seeds),
         backend=args.backend,
+        lanes=args.lanes,
         overrides=tuple(args.overrides),
         progress=not args.no_progress,
         student_sft=replace(cfg.student_sft, steps=args.student_sft_steps or cfg.student_sft.steps),

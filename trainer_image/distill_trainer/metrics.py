@@ -124,6 +124,7 @@ class MetricsSink:
         metrics_port: int | None = None,
         progress: bool = True,
         resumed_step: int | None = None,
+        progress_line: int = 0,
     ) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.path = output_dir / "metrics.jsonl"
@@ -146,6 +147,7 @@ class MetricsSink:
             "desc": job_name,
             "unit": "step",
             "disable": not progress,
+            "position": progress_line,
         }
         self.wandb = _start_wandb(job_name)
         self.last: dict[str, float] = {}

@@ -318,6 +318,7 @@ def _start(
         options.metrics_port,
         options.progress,
         resumed_step,
+        options.progress_line,
     )
     closers.callback(sink.close)
     grader = _grader(job.spec)

@@ -274,20 +274,27 @@ def build_sft_model(
     sft_config: SftConfig,
     records: Sequence[PromptRecord],
     data_key: str,
+    base: Path | None = None,
 ) -> Path:
     """Build, SFT and save a tiny model (with the shared tokenizer) under `cache_dir`, or reuse
     the saved one when the same recipe was built before. Returns the model directory.
 
     `data_key` identifies the SFT records (e.g. the hash of the data recipe) so a change of data
-    invalidates the cache without hashing every record.
+    invalidates the cache without hashing every record. `base`: fine-tune that saved model (a
+    directory this function returned, so its name holds its own recipe's hash) instead of a new
+    one of `model_config`'s shape.
     """
-    key = config_key(model=model_config, sft=sft_config, data=data_key)
+    base_key = None if base is None else Path(base).resolve().name
+    key = config_key(model=model_config, sft=sft_config, data=data_key, base=base_key)
     out = Path(cache_dir) / f"{name}-{key}"
     if (out / "config.json").is_file():
         log.info("reusing %s from %s", name, out)
         return out
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, model_config, seed=sft_config.seed)
+    if base is None:
+        model = build_model(tokenizer, model_config, seed=sft_config.seed)
+    else:
+        model, _ = load(base)
     losses = sft(model, encode_pairs(tokenizer, records), sft_config, tokenizer.pad_token_id)
     log.info(
         "SFT %s: %d params, %d steps, loss %.3f -> %.3f",
