@@ -14,12 +14,13 @@ from distill_trainer.checkpoint import checkpoint_uri
 from distill_trainer.config import RoleConfig
 from distill_trainer.data import PromptRecord, make_row, write_rows
 from distill_trainer.prompts import EncodedPrompt, encode_prompts, prompt_batches
-from distill_trainer.roles.base import LogprobOutput, Weights, bucketed
+from distill_trainer.roles.base import LogprobOutput, SamplingParams, Weights, bucketed
 from distill_trainer.roles.group import (
     Placement,
     engine_placement,
     merge_results,
     replica_config,
+    sharded_args,
     split_rows,
 )
 from distill_trainer.roles.models import load_tokenizer
@@ -100,6 +101,17 @@ def test_split_rows_keeps_order(rows: int, parts: int, sizes: list[int]) -> None
     assert [s.size for s in shards] == sizes
     assert torch.equal(torch.cat([s.input_ids for s in shards]), _batch(rows).input_ids)
     assert [len(s) for s in split_rows(list(range(rows)), parts)] == sizes
+
+
+def test_a_seeded_generate_gives_each_replica_its_rows_seeds() -> None:
+    """Validation's seeded calls: replica r starts where one call's seeds for its rows would
+    (vLLM seeds prompt i with seed + i·n), so no two replicas draw the same samples."""
+    shards = split_rows(list(range(5)), 2)  # 3 prompts, then 2
+    seeded = sharded_args("generate", ([], 4, SamplingParams(8, seed=100)), shards)
+    assert [(len(p), n, s.seed) for p, n, s in seeded] == [(3, 4, 100), (2, 4, 112)]
+    plain = sharded_args("generate", ([], 4, SamplingParams(8)), shards)
+    assert [s.seed for _, _, s in plain] == [None, None]
+    assert sharded_args("compute_values", ([],), shards) == [(shards[0],), (shards[1],)]
 
 
 def test_truncated_rows_are_those_without_an_eos() -> None:

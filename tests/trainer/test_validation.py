@@ -19,7 +19,7 @@ class CountingEngine:
         self.engine, self.calls = engine, []
 
     def generate(self, prompts, n, sampling):
-        self.calls.append((len(prompts), n, sampling.greedy))
+        self.calls.append((len(prompts), n, sampling.greedy, sampling.seed))
         return self.engine.generate(prompts, n, sampling)
 
 
@@ -62,7 +62,8 @@ def test_sampled_validation_streams_batches_and_reports_pass_at_k(make_job, tmp_
         make_job, tmp_path, valN=4, valBatchSize=3, valMaxPrompts=5, valTemperature=1.0
     )
     assert n_val == 5  # of the 8 in test.parquet
-    assert engine.calls == [(3, 4, False), (2, 4, False)]
+    # Each batch's seeds continue where the last one's ended (3 prompts × 4 samples).
+    assert engine.calls == [(3, 4, False, 0), (2, 4, False, 12)]
     # Binary scores: pass@1 is the mean score; pass@k never falls as k grows.
     assert metrics["val/pass@1"] == pytest.approx(metrics["val/reward"])
     assert metrics["val/pass@1"] <= metrics["val/pass@2"] <= metrics["val/pass@4"] <= 1.0
@@ -71,7 +72,7 @@ def test_sampled_validation_streams_batches_and_reports_pass_at_k(make_job, tmp_
 
 def test_default_validation_is_one_greedy_sample(make_job, tmp_path) -> None:
     metrics, engine, n_val = _validate(make_job, tmp_path)
-    assert engine.calls == [(n_val, 1, True)]
+    assert engine.calls == [(n_val, 1, True, 0)]
     assert set(metrics) == {"val/reward", "val/pass@1", "timing_s/validate"}
 
 

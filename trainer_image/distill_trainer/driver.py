@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,13 +207,14 @@ def validate(run: Run) -> dict[str, float]:
         temperature=t.val_temperature,
         greedy=t.val_n == 1,
         logprobs=False,
-        seed=VALIDATION_SAMPLING_SEED,
     )
     parts = []
     with timer("validate"):
         for start in range(0, len(run.val), t.val_batch_size):
             prompts = run.val[start : start + t.val_batch_size]
-            rollouts = run.roles.rollout.generate([p.token_ids for p in prompts], t.val_n, sampling)
+            # Seeds spaced as one call's would be (vLLM: prompt i gets seed + i·n), batch by batch.
+            seeded = replace(sampling, seed=VALIDATION_SAMPLING_SEED + start * t.val_n)
+            rollouts = run.roles.rollout.generate([p.token_ids for p in prompts], t.val_n, seeded)
             rollouts.expect_weight_version(run.weight_version)
             parts.append(run.grade(rollouts.to_batch(t.val_n), prompts))
     scores = torch.cat(parts).view(len(run.val), t.val_n)  # prompt-major, as the engine returns

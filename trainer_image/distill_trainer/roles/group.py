@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -204,8 +204,10 @@ class RayRoleGroup(_CalledLikeTheRole):
         if method in SHARDED and len(self.handles) > 1:
             shards = split_rows(args[0], len(self.handles))
             refs = [
-                getattr(h, method).remote(shard, *args[1:], **kwargs)
-                for h, shard in zip(self.handles, shards, strict=False)
+                getattr(h, method).remote(*shard_args, **kwargs)
+                for h, shard_args in zip(
+                    self.handles, sharded_args(method, args, shards), strict=False
+                )
             ]
             return merge_results(ray.get(refs), self.pad_token_id)
         return ray.get(getattr(self.handles[0], method).remote(*args, **kwargs))
@@ -239,6 +241,19 @@ def merge_results(parts: list[Any], pad_token_id: int) -> Any:
             entropy = torch.cat([p.entropy for p in parts])
         return LogprobOutput(torch.cat([p.logprobs for p in parts]), entropy)
     return torch.cat(parts)
+
+
+def sharded_args(method: str, args: tuple, shards: list[Any]) -> list[tuple]:
+    """Each shard's arguments. A seeded `generate` (validation) gives each shard the seed its
+    first prompt would have had in one call, so no two replicas draw the same samples."""
+    if method != "generate" or args[2].seed is None:
+        return [(shard, *args[1:]) for shard in shards]
+    prompts_before = [sum(len(s) for s in shards[:i]) for i in range(len(shards))]
+    n, sampling = args[1], args[2]
+    return [
+        (shard, n, replace(sampling, seed=sampling.seed + before * n))
+        for shard, before in zip(shards, prompts_before, strict=True)
+    ]
 
 
 def split_rows(rows: list | RolloutBatch, parts: int) -> list[Any]:

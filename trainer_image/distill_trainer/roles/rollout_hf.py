@@ -148,7 +148,9 @@ class HFRolloutEngine:
             return
         on_cuda = torch.device(self.cfg.device).type == "cuda"
         with torch.random.fork_rng(devices=None if on_cuda else []):
-            torch.manual_seed(seed)
+            # On CPU the CPU generator alone: torch.manual_seed would reseed CUDA's too, which
+            # fork_rng(devices=[]) does not restore.
+            (torch.manual_seed if on_cuda else torch.default_generator.manual_seed)(seed)
             yield
 
     def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
