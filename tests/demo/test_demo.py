@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,3 +115,10 @@ def test_demo_pipeline_smoke(tmp_path: Path) -> None:
             assert (run["final_kl_per_token"] is not None) is (name in demo.TEACHER_JOBS)
     assert (cfg.out / "demo.png").stat().st_size > 10_000
     assert (cfg.out / "models" / "teacher" / "config.json").is_file()
+    # Again with another totalSteps (a math field under the cosine schedule): a fresh run, not a
+    # resume of the last one's checkpoints, which would be refused.
+    again = dataclasses.replace(cfg, steps=3)
+    models = {role: cfg.out / "models" / role for role in ("student", "teacher")}
+    paths = {split: cfg.out / "data" / f"{split}.parquet" for split in ("train", "test")}
+    summary = demo.run_example("rl", 0, again, demo.job_overrides(again, models, paths))
+    assert summary.steps == 3 and sorted(summary.val_rewards) == [0, 1, 2, 3]

@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ JOBS = {
 }
 TEACHER_JOBS = ("distill", "reward_free")  # the jobs that load the teacher
 GAP_FRACTIONS = (0.5, 0.9)  # milestones: shares of the student's gap to the teacher closed
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ def build_data(cfg: DemoConfig) -> tuple[dict[str, Path], str]:
 
 def student_records(cfg: DemoConfig) -> list[data.PromptRecord]:
     """The fine-tune that makes the student: the train split of `prep-arithmetic --terms
-    <student_terms> --train 900 --test 100 --seed <data_seed + 1>` (900 of the 1000 three-term
-    sums), built in memory."""
+    <student_terms> --max-operand 9 --train 900 --test 100 --seed <data_seed + 1> --instruction
+    ""` (900 of the 1000 three-term sums), built in memory."""
     count = 10**cfg.student_terms
     problems = data.arithmetic_problems(count, cfg.data_seed + 1, 9, terms=cfg.student_terms)
     rows = data.arithmetic_rows(problems[count // 10 :], "train", instruction="")
@@ -209,6 +211,9 @@ def run_example(
         progress=cfg.progress,
         progress_line=line,
     )
+    # A fresh run every time: the job would resume from an earlier demo's checkpoints there (and
+    # refuse them when a math field such as totalSteps differs).
+    shutil.rmtree(options.output_dir, ignore_errors=True)
     log.info("running %s (%s), seed %d", job.metadata.name, JOBS[name], seed)
     return run_job(job, options)
 
@@ -216,13 +221,16 @@ def run_example(
 PlannedRun = tuple[str, int, list[str]]  # job name, seed, its overrides
 
 
+def start_lane(threads: int) -> None:
+    """A lane process: its share of the CPUs, and the console logging `main` sets up."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
 def run_lane(
-    runs: list[PlannedRun], cfg: DemoConfig, teacher_reward: float, line: int, threads: int | None
+    runs: list[PlannedRun], cfg: DemoConfig, teacher_reward: float, line: int
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """One lane's runs, one after the other; their results.json entries. A lane of its own
-    process uses `threads` torch threads (None: the process's own setting)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    """One lane's runs, one after the other; their results.json entries."""
     return {
         (name, seed): seed_result(run_example(name, seed, cfg, overrides, line), teacher_reward)
         for name, seed, overrides in runs
@@ -236,13 +244,15 @@ def run_all(
     grader pool are not forked) with the machine's CPUs shared between them."""
     lanes = max(1, min(cfg.lanes, len(runs)))
     if lanes == 1:
-        return run_lane(runs, cfg, teacher_reward, 0, None)
+        return run_lane(runs, cfg, teacher_reward, 0)
     threads = max(1, (os.cpu_count() or lanes) // lanes)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(lanes, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        lanes, mp_context=context, initializer=start_lane, initargs=(threads,)
+    ) as pool:
         futures = [
-            pool.submit(run_lane, runs[lane::lanes], cfg, teacher_reward, lane, threads)
+            pool.submit(run_lane, runs[lane::lanes], cfg, teacher_reward, lane)
             for lane in range(lanes)
         ]
         for future in futures:
@@ -281,7 +291,8 @@ def seed_result(summary: RunSummary, teacher_reward: float) -> dict[str, Any]:
 
 
 def job_result(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A job's entry: every seed's result and the mean and spread across seeds."""
+    """A job's entry: every seed's result and the mean and spread across seeds; `seconds` adds
+    the runs' own times (in lanes they overlap, so it is more than the job's wall time)."""
     ends = [r["val_reward_end"] for r in per_seed.values()]
     return {
         "seeds": per_seed,
@@ -422,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     cfg = DemoConfig()
     cfg = replace(
         cfg,

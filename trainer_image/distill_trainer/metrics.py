@@ -148,6 +148,8 @@ class MetricsSink:
             "unit": "step",
             "disable": not progress,
             "position": progress_line,
+            # A finished bar below the first would be redrawn on the first line (tqdm's close).
+            "leave": progress_line == 0,
         }
         self.wandb = _start_wandb(job_name)
         self.last: dict[str, float] = {}
