@@ -15,7 +15,7 @@ on) and one forward+backward+AdamW per optimizer step, with nothing else in betw
         [--micro-batch-size 1024] [--[no-]gradient-checkpointing]
         [--[no-]old-logprobs-from-rollout] [--set PATH=VALUE]
         [--batch-size B] [--rollout-n N] [--response-length R] [--ppo-mini-batch-size M]
-        [--train-size 2000] [--teacher-sft-steps 1200] [--student-sft-steps 150]
+        [--train-size 2000] [--teacher-sft-steps 1200] [--student-sft-steps 40]
         [--demo-out out/demo] [--machine-load TEXT] [--out bench/results/step.json]
 
 bench/results/step.json has, at the top, `overhead_fraction` (the worst over our runs of median

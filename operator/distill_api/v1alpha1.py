@@ -516,8 +516,9 @@ class CheckpointVolume(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    # "/tmp/" is the same mount. A list, not a regex: CEL's cost estimate of
-                    # matches() on a string with no maxLength can exceed the API server's budget.
+                    # "/tmp/" is the same mount ("/tmp//" only pydantic refuses). A list, not a
+                    # regex: CEL's cost estimate of matches() on a string with no maxLength can
+                    # exceed the API server's budget.
                     "!(self.mountPath in "
                     + str([p + end for p in RESERVED_MOUNT_PATHS for end in ("", "/")])
                     + ")",

@@ -148,7 +148,7 @@ def test_n_samples_differ_at_temperature_one_and_agree_greedy(engine, prompts) -
 
 
 def test_a_step_larger_than_one_scheduler_batch(engine, prompts) -> None:
-    """More prompt tokens than vLLM schedules at once (the demo's 32 prompts × 8 samples): the
+    """More prompt tokens than vLLM schedules at once (bench/step.py's 32 prompts × 8 samples): the
     prefills queue up whole, never split, which vLLM's CPU runner cannot do with seeds."""
     n, many = 8, prompts * 16
     out = engine.generate(many, n, sampling(max_new=4))

@@ -4,7 +4,7 @@
                             (a tied weight stored once, its aliases in the file's metadata), with
                             config.json and the tokenizer beside it, so a plain student loads
                             with transformers on its own; and trainer_state.pt (optimizer state,
-                            shuffling generator, update count, LR scheduler, the process's torch
+                            shuffling generator, update count, LR scheduler, every rank's torch
                             RNG: everything `_Trainer.state_dict()` returns but the weights)
     <checkpoint>/critic/    the same for the critic (gae only), without a tokenizer
     <checkpoint>/driver_state.pt   step, epoch, data position, the driver's RNG states (python,
