@@ -51,7 +51,7 @@ test-fast: install  ## Skip the slow tests
 	$(PY) -m pytest -m "not slow"
 
 demo: install  ## Distil a tiny student from a tiny teacher on CPU and compare with pure RL
-	$(PY) -m distill_trainer.demo
+	$(PY) -m distill_trainer demo
 
 crds: install  ## Regenerate generated files: the CRD (crds/, chart), chart RBAC and dashboard
 	$(PY) -m distill_api.crd $(CRD_FILE) $(CHART)/crds/distilljobs.distill.dev.yaml

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distill_trainer import data, demo, tiny
-from distill_trainer.cli import load_document
+from distill_trainer.cli import load_document, main
 
 
 def test_sft_response_shows_the_running_sums() -> None:
@@ -122,3 +122,12 @@ def test_demo_pipeline_smoke(tmp_path: Path) -> None:
     paths = {split: cfg.out / "data" / f"{split}.parquet" for split in ("train", "test")}
     summary = demo.run_example("rl", 0, again, demo.job_overrides(again, models, paths))
     assert summary.steps == 3 and sorted(summary.val_rewards) == [0, 1, 2, 3]
+
+
+def test_the_cli_runs_the_demo_with_its_own_arguments(capsys) -> None:
+    """`python -m distill_trainer demo ...`, what make demo runs, hands every argument to the
+    demo's own parser."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m distill_trainer demo")

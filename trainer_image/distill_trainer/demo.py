@@ -1,6 +1,6 @@
 """`make demo`: on-policy distillation vs pure RL, with tiny models on CPU, in a few minutes.
 
-    python -m distill_trainer.demo [--out out/demo] [--steps N] [--seeds 0 1 2] [--lanes 2]
+    python -m distill_trainer demo [--out out/demo] [--steps N] [--seeds 0 1 2] [--lanes 2]
 
 1. data: a synthetic task, "What is 3 + 4 + 7 + 2?" (four one-digit terms), 2000 train / 200
    validation prompts, written by the same code as `python -m distill_trainer.data
@@ -409,7 +409,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m distill_trainer.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m distill_trainer demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=DemoConfig.out)
     parser.add_argument("--steps", type=int, default=None, help="training steps of each job")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DemoConfig.seeds))
