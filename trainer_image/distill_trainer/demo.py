@@ -74,17 +74,17 @@ class DemoConfig:
     teacher_model: tiny.TinyModelConfig = field(default_factory=tiny.TinyModelConfig)
     # The teacher trains until it is near-perfect (greedy 1.000 on the validation sums).
     teacher_sft: tiny.SftConfig = field(default_factory=lambda: tiny.SftConfig(steps=1200))
-    # The student: the teacher fine-tuned on every three-term sum ("7,\boxed{12}": one running
-    # total) for 40 steps at 3e-4. That is enough to make it forget four-term sums (greedy 0.08:
-    # it writes one running total, then boxes a wrong sum) while it stays a few optimizer steps
-    # from the teacher, which is what a few dozen steps of any training can undo on a model this
-    # small. A student trained from scratch and stopped early (the demo before this one) has to
-    # learn the arithmetic itself: even SFT on the teacher's answers moved that one only from
-    # 0.26 to 0.33 in 40 steps at 1e-3, and 3e-3 broke it. Fine-tuned 20 steps, the student
-    # kept enough four-term skill that pure RL reached half the gap by step 30; 60 steps left
-    # distillation itself short of 90% of it at step 40. Fine-tuned on all 1000 three-term sums
-    # instead of these 900, it got stuck in one seed of each distillation job (at 0.63 and 0.74:
-    # it boxed 20 or 21 for the sums above 20), where this student reaches 90% on every seed.
+    # The student: the teacher fine-tuned on 900 of the 1000 three-term sums ("7,\boxed{12}": one
+    # running total) for 40 steps at 3e-4 (`student_records`). That is enough to make it forget
+    # four-term sums (greedy 0.08: it writes one running total, then boxes a wrong sum) while it
+    # stays a few optimizer steps from the teacher, which is what a few dozen steps of any training
+    # can undo on a model this small. A student trained from scratch and stopped early (the demo
+    # before this one) has to learn the arithmetic itself: even SFT on the teacher's answers moved
+    # that one only from 0.26 to 0.33 in 40 steps at 1e-3, and 3e-3 broke it. Fine-tuned 20 steps,
+    # the student kept enough four-term skill that pure RL reached half the gap by step 30; 60 steps
+    # left distillation itself short of 90% of it at step 40. Fine-tuned on all 1000 three-term sums
+    # instead of these 900, it got stuck in one seed of each distillation job (at 0.63 and 0.74: it
+    # boxed 20 or 21 for the sums above 20), where this student reaches 90% on every seed.
     student_terms: int = 3
     student_sft: tiny.SftConfig = field(
         default_factory=lambda: tiny.SftConfig(
