@@ -105,20 +105,19 @@ DEFAULT_BUCKET_BYTES = 256 << 20  # weight-sync bucket size (verl and vLLM use 2
 REPLICA_STATES = "replicas"  # a rollout group's sampling state: the list of every replica's
 
 
-def replica_sampling_states(state: dict[str, Any]) -> list[dict[str, Any]]:
+def replica_sampling_states(state: dict[str, Any], replicas: int) -> list[dict[str, Any]]:
     """The per-replica states in a checkpoint's rollout sampling state: a group's list, or one
     engine's state (saved in-process) as replica 0's. The backend is not a math field, so a
-    checkpoint of either kind may resume under the other."""
-    return state.get(REPLICA_STATES, [state])
-
-
-def warn_if_replicas_differ(saved: int, running: int) -> None:
-    if saved != running:
+    checkpoint of either kind may resume under the other; a warning when the `replicas` now
+    running are not as many."""
+    states = state.get(REPLICA_STATES, [state])
+    if len(states) != replicas:
         log.warning(
             "the checkpoint holds the sampling state of %d rollout replicas, this run has %d: "
             "the samples will differ from the interrupted run's",
-            saved, running,
+            len(states), replicas,
         )  # fmt: skip
+    return states
 
 
 @dataclass

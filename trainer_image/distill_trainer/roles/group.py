@@ -49,6 +49,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import Any
 
 import ray
@@ -61,7 +62,6 @@ from distill_trainer.roles.base import (
     LogprobOutput,
     Rollouts,
     replica_sampling_states,
-    warn_if_replicas_differ,
 )
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,7 @@ class RayRoleGroup(_CalledLikeTheRole):
     def load_sampling_state(self, state: dict[str, Any]) -> None:
         """Each replica takes its own state back. A state saved by one engine (in-process) is
         replica 0's; replicas the checkpoint did not have keep their seeded start."""
-        states = replica_sampling_states(state)
-        warn_if_replicas_differ(len(states), len(self.handles))
+        states = replica_sampling_states(state, len(self.handles))
         ray.get(
             [h.load_sampling_state.remote(s) for h, s in zip(self.handles, states, strict=False)]
         )
@@ -248,7 +247,7 @@ def sharded_args(method: str, args: tuple, shards: list[Any]) -> list[tuple]:
     first prompt would have had in one call, so no two replicas draw the same samples."""
     if method != "generate" or args[2].seed is None:
         return [(shard, *args[1:]) for shard in shards]
-    prompts_before = [sum(len(s) for s in shards[:i]) for i in range(len(shards))]
+    prompts_before = [0, *accumulate(len(shard) for shard in shards[:-1])]
     n, sampling = args[1], args[2]
     return [
         (shard, n, replace(sampling, seed=sampling.seed + before * n))

@@ -30,7 +30,6 @@ from distill_trainer.roles.base import (
     Weights,
     replica_sampling_states,
     unaliased_state,
-    warn_if_replicas_differ,
 )
 from distill_trainer.roles.models import (
     autocast,
@@ -212,6 +211,4 @@ class HFRolloutEngine:
         return capture_torch_rng()
 
     def load_sampling_state(self, state: dict[str, Any]) -> None:
-        states = replica_sampling_states(state)
-        warn_if_replicas_differ(len(states), 1)
-        restore_torch_rng(states[0])
+        restore_torch_rng(replica_sampling_states(state, 1)[0])

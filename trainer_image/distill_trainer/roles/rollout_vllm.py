@@ -45,7 +45,6 @@ from distill_trainer.roles.base import (
     SamplingParams,
     Weights,
     replica_sampling_states,
-    warn_if_replicas_differ,
 )
 from distill_trainer.roles.models import load_tokenizer, on_this_machine, seed_everything
 
@@ -306,6 +305,4 @@ class VLLMRolloutEngine:
         return {"seeds": self.seeds.getstate()}
 
     def load_sampling_state(self, state: dict[str, Any]) -> None:
-        states = replica_sampling_states(state)
-        warn_if_replicas_differ(len(states), 1)
-        self.seeds.setstate(states[0]["seeds"])
+        self.seeds.setstate(replica_sampling_states(state, 1)[0]["seeds"])
